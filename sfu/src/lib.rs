@@ -1,0 +1,370 @@
+//! Switchboard's media plane: rooms of participants whose WebRTC sessions (str0m, RTP mode,
+//! ICE-lite, DTLS-SRTP) share one UDP port, and the forwarding of RTP and data among them.
+//!
+//! This crate knows nothing of HTTP, protobuf, JWT or Matrix. The signalling adapters drive it
+//! through [`SfuHandle`] (commands, answered by [`SfuEvent`]s on a per-participant channel) and
+//! hand it a [`DataRouter`] per participant for the one wire format that must be read on the
+//! media thread (data-channel messages).
+//!
+//! Shape: one media thread owns the UDP socket and every session; the packet path takes no lock,
+//! makes no channel hop and does not allocate in our code (str0m hands payloads as shared
+//! buffers).
+
+mod codec;
+mod engine;
+mod forwarder;
+mod ids;
+mod metrics;
+mod session;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+pub use codec::{is_keyframe_start, MediaCodec};
+pub use forwarder::{Forwarder, ForwardedHeader, LayerPacket};
+pub use ids::{ParticipantId, TrackId};
+pub use metrics::SfuMetrics;
+
+/// Settings of the media plane, taken from the `[rtc]` configuration section.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// Address the single media UDP socket binds to (e.g. `0.0.0.0:7882`).
+    pub bind: SocketAddr,
+    /// Addresses written into ICE host candidates. Each gets the socket's port.
+    pub candidate_ips: Vec<IpAddr>,
+}
+
+/// Errors of the media plane's public API.
+#[derive(Debug, thiserror::Error)]
+pub enum SfuError {
+    /// The UDP socket could not be bound (address in use, permission, bad address).
+    #[error("cannot bind media UDP socket {addr}: {source}")]
+    Bind {
+        /// The address that was tried.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The media thread has stopped; no further commands are accepted.
+    #[error("media thread is not running")]
+    Stopped,
+}
+
+/// Which of a participant's peer connections a message concerns. With LiveKit's two-PC mode
+/// (`/rtc`), the client offers on the publisher PC and the server offers on the subscriber PC.
+/// In single-PC mode there is only `Publisher`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerRole {
+    /// The PC the client offers on (it publishes media and data on it).
+    Publisher,
+    /// The PC the server offers on (subscribed media and server data go down on it).
+    Subscriber,
+}
+
+/// Media kind of a track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrackKind {
+    /// Audio (Opus).
+    Audio,
+    /// Video (VP8, H.264).
+    Video,
+}
+
+/// A track the client announced (LiveKit `AddTrackRequest`) and that the next publisher offer is
+/// expected to carry. Media sections are matched by the msid track id (= `cid`), falling back to
+/// the first unmatched pending track of the same kind.
+#[derive(Debug, Clone)]
+pub struct PendingTrack {
+    /// The id the SFU will know the track by.
+    pub track: TrackId,
+    /// Client track id (`MediaStreamTrack.id`), the second token of `a=msid`.
+    pub cid: String,
+    /// Audio or video.
+    pub kind: TrackKind,
+    /// Simulcast rids the client declared, lowest quality first (e.g. `["q","h","f"]`); empty
+    /// for a single-layer track.
+    pub rids: Vec<String>,
+}
+
+/// Data-channel delivery class (LiveKit's `_reliable` and `_lossy` channels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DataKind {
+    /// Ordered, reliable (`_reliable`).
+    Reliable,
+    /// Unordered, no retransmissions (`_lossy`).
+    Lossy,
+}
+
+/// What a [`DataRouter`] decided for one data-channel message.
+#[derive(Debug, Clone)]
+pub struct RoutedData {
+    /// The bytes to deliver (re-encoded by the adapter, e.g. with the sender's identity stamped).
+    pub payload: Vec<u8>,
+    /// Participant identities to deliver to; empty means everyone else in the room.
+    pub destinations: Vec<String>,
+}
+
+/// Reads one data-channel message of a participant on the media thread and decides whether and
+/// to whom it is relayed. The adapter owns the wire format (LiveKit `DataPacket`); the SFU only
+/// moves bytes. Never called for messages the participant did not send itself.
+pub trait DataRouter: Send {
+    /// Returns `None` to drop the message (malformed, not permitted).
+    fn route(&mut self, kind: DataKind, payload: &[u8]) -> Option<RoutedData>;
+}
+
+/// Events the media plane sends to a participant's signalling session.
+#[derive(Debug)]
+pub enum SfuEvent {
+    /// The SDP answer to the client's offer on `role`'s PC.
+    Answer {
+        /// Which PC the answer is for.
+        role: PeerRole,
+        /// SDP text.
+        sdp: String,
+    },
+    /// A new server offer on the subscriber PC (subscriptions changed).
+    Offer {
+        /// SDP text.
+        sdp: String,
+        /// `(mid, track)` for every media section that currently carries a track.
+        mid_to_track: Vec<(String, TrackId)>,
+    },
+    /// The client's SDP could not be applied; the session stays as it was.
+    NegotiationFailed {
+        /// Which PC.
+        role: PeerRole,
+        /// Human-readable reason.
+        reason: String,
+    },
+    /// The first RTP packet of a published track arrived; it is now live.
+    TrackLive {
+        /// The track.
+        track: TrackId,
+        /// Negotiated codec as a MIME type, e.g. `video/VP8`, `audio/opus`.
+        mime: String,
+    },
+    /// A published track's media section went away (renegotiated inactive or removed).
+    TrackEnded {
+        /// The track.
+        track: TrackId,
+    },
+    /// ICE and DTLS completed on a PC.
+    Connected {
+        /// Which PC.
+        role: PeerRole,
+    },
+    /// A PC failed (ICE consent lost, DTLS closed, internal error). The participant's media is
+    /// gone; the adapter should end the participant.
+    Failed {
+        /// Which PC.
+        role: PeerRole,
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+/// How a participant joins the media plane.
+pub struct JoinParams {
+    /// The participant's id (allocate with [`ParticipantId::next`]).
+    pub participant: ParticipantId,
+    /// Opaque room name; participants with equal names share data routing.
+    pub room: Arc<str>,
+    /// Participant identity (destinations in [`RoutedData`] name these).
+    pub identity: Arc<str>,
+    /// Where events for this participant go.
+    pub events: mpsc::UnboundedSender<SfuEvent>,
+    /// Reads this participant's data-channel messages.
+    pub data_router: Box<dyn DataRouter>,
+    /// Create a subscriber PC (two-PC mode) and send its first offer right away. Without it,
+    /// downstream data goes back on the client's own channels.
+    pub subscriber_pc: bool,
+}
+
+impl std::fmt::Debug for JoinParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinParams")
+            .field("participant", &self.participant)
+            .field("room", &self.room)
+            .field("identity", &self.identity)
+            .field("subscriber_pc", &self.subscriber_pc)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Commands to the media thread. Each is answered, if at all, by [`SfuEvent`]s.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Join(JoinParams),
+    Offer {
+        participant: ParticipantId,
+        sdp: String,
+        pending: Vec<PendingTrack>,
+    },
+    Answer {
+        participant: ParticipantId,
+        sdp: String,
+    },
+    Candidate {
+        participant: ParticipantId,
+        role: PeerRole,
+        candidate: String,
+    },
+    Subscribe {
+        participant: ParticipantId,
+        track: TrackId,
+        stream_id: String,
+        track_label: String,
+    },
+    Unsubscribe {
+        participant: ParticipantId,
+        track: TrackId,
+    },
+    SetPaused {
+        participant: ParticipantId,
+        track: TrackId,
+        paused: bool,
+    },
+    Leave {
+        participant: ParticipantId,
+    },
+}
+
+/// Cheap, cloneable handle to the media thread.
+#[derive(Clone, Debug)]
+pub struct SfuHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    metrics: Arc<SfuMetrics>,
+    local_addr: SocketAddr,
+}
+
+/// Starts the media thread on its own OS thread and returns the handle to drive it.
+///
+/// Errors: [`SfuError::Bind`] when the UDP socket cannot be bound.
+pub fn start(config: SfuConfig) -> Result<SfuHandle, SfuError> {
+    let socket = std::net::UdpSocket::bind(config.bind).map_err(|source| SfuError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    let local_addr = socket.local_addr().map_err(|source| SfuError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|source| SfuError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    let metrics = Arc::new(SfuMetrics::default());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let candidates = config
+        .candidate_ips
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, local_addr.port()))
+        .collect();
+    engine::spawn(socket, candidates, rx, metrics.clone());
+    Ok(SfuHandle {
+        tx,
+        metrics,
+        local_addr,
+    })
+}
+
+impl SfuHandle {
+    fn send(&self, cmd: Command) -> Result<(), SfuError> {
+        self.tx.send(cmd).map_err(|_| SfuError::Stopped)
+    }
+
+    /// Counters and gauges of the media plane.
+    pub fn metrics(&self) -> &Arc<SfuMetrics> {
+        &self.metrics
+    }
+
+    /// The address the media socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Adds a participant to a room. With `subscriber_pc`, an [`SfuEvent::Offer`] follows.
+    pub fn join(&self, params: JoinParams) -> Result<(), SfuError> {
+        self.send(Command::Join(params))
+    }
+
+    /// Applies a client offer on the publisher PC; answered by [`SfuEvent::Answer`] or
+    /// [`SfuEvent::NegotiationFailed`]. `pending` lists announced tracks not yet bound.
+    pub fn offer(
+        &self,
+        participant: ParticipantId,
+        sdp: String,
+        pending: Vec<PendingTrack>,
+    ) -> Result<(), SfuError> {
+        self.send(Command::Offer {
+            participant,
+            sdp,
+            pending,
+        })
+    }
+
+    /// Applies the client's answer to the last subscriber offer.
+    pub fn answer(&self, participant: ParticipantId, sdp: String) -> Result<(), SfuError> {
+        self.send(Command::Answer { participant, sdp })
+    }
+
+    /// Adds a trickled remote ICE candidate (`candidate:…` SDP attribute value).
+    pub fn candidate(
+        &self,
+        participant: ParticipantId,
+        role: PeerRole,
+        candidate: String,
+    ) -> Result<(), SfuError> {
+        self.send(Command::Candidate {
+            participant,
+            role,
+            candidate,
+        })
+    }
+
+    /// Subscribes a participant to a track; its subscriber PC gets a media section whose msid is
+    /// `stream_id track_label`, and a new [`SfuEvent::Offer`] follows.
+    pub fn subscribe(
+        &self,
+        participant: ParticipantId,
+        track: TrackId,
+        stream_id: String,
+        track_label: String,
+    ) -> Result<(), SfuError> {
+        self.send(Command::Subscribe {
+            participant,
+            track,
+            stream_id,
+            track_label,
+        })
+    }
+
+    /// Ends a subscription (its media section goes inactive after the next offer).
+    pub fn unsubscribe(&self, participant: ParticipantId, track: TrackId) -> Result<(), SfuError> {
+        self.send(Command::Unsubscribe { participant, track })
+    }
+
+    /// Pauses or resumes forwarding of one subscription (LiveKit `UpdateTrackSettings.disabled`).
+    /// Resuming waits for a keyframe (a PLI is sent to the publisher).
+    pub fn set_paused(
+        &self,
+        participant: ParticipantId,
+        track: TrackId,
+        paused: bool,
+    ) -> Result<(), SfuError> {
+        self.send(Command::SetPaused {
+            participant,
+            track,
+            paused,
+        })
+    }
+
+    /// Removes a participant: its sessions close, its tracks end for every subscriber.
+    pub fn leave(&self, participant: ParticipantId) -> Result<(), SfuError> {
+        self.send(Command::Leave { participant })
+    }
+}

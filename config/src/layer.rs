@@ -1,0 +1,271 @@
+//! One level of configuration (flags, environment, file, `--dev` defaults):
+//! every setting is optional, `None` meaning "not given at this level".
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::error::{ConfigError, ValueSource};
+use crate::LogFormat;
+
+/// Smallest accepted `rtc.max_signal_message_bytes` (1 KiB).
+pub(crate) const MIN_SIGNAL_MESSAGE_BYTES: usize = 1024;
+/// Largest accepted `rtc.max_signal_message_bytes` (64 MiB).
+pub(crate) const MAX_SIGNAL_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// API keys with the origin of each secret.
+pub(crate) type KeySet = BTreeMap<String, (String, ValueSource)>;
+
+/// Settings given at one level.
+#[derive(Debug, Default)]
+pub(crate) struct Layer {
+    pub http_bind: Option<IpAddr>,
+    pub http_port: Option<u16>,
+    pub rtc_udp_port: Option<u16>,
+    pub rtc_bind: Option<IpAddr>,
+    pub rtc_node_ips: Option<Vec<IpAddr>>,
+    pub rtc_include_loopback: Option<bool>,
+    pub rtc_v1_enabled: Option<bool>,
+    pub rtc_max_signal_message_bytes: Option<usize>,
+    pub keys: Option<KeySet>,
+    pub rooms_auto_create: Option<bool>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// The scalar settings (everything except `keys`), with their file and
+/// environment names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Field {
+    HttpBind,
+    HttpPort,
+    RtcUdpPort,
+    RtcBind,
+    RtcNodeIps,
+    RtcIncludeLoopback,
+    RtcV1Enabled,
+    RtcMaxSignalMessageBytes,
+    RoomsAutoCreate,
+    LogFormat,
+}
+
+/// How a field's value is written and checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Ip,
+    Port,
+    IpList,
+    Bool,
+    Bytes,
+    Format,
+}
+
+/// The sections of the config file, in documentation order.
+pub(crate) const SECTIONS: [&str; 5] = ["http", "rtc", "keys", "rooms", "log"];
+
+impl Field {
+    pub(crate) const ALL: [Field; 10] = [
+        Field::HttpBind,
+        Field::HttpPort,
+        Field::RtcUdpPort,
+        Field::RtcBind,
+        Field::RtcNodeIps,
+        Field::RtcIncludeLoopback,
+        Field::RtcV1Enabled,
+        Field::RtcMaxSignalMessageBytes,
+        Field::RoomsAutoCreate,
+        Field::LogFormat,
+    ];
+
+    /// (section, key) in the TOML file.
+    pub(crate) fn path(self) -> (&'static str, &'static str) {
+        match self {
+            Field::HttpBind => ("http", "bind"),
+            Field::HttpPort => ("http", "port"),
+            Field::RtcUdpPort => ("rtc", "udp_port"),
+            Field::RtcBind => ("rtc", "bind"),
+            Field::RtcNodeIps => ("rtc", "node_ips"),
+            Field::RtcIncludeLoopback => ("rtc", "include_loopback"),
+            Field::RtcV1Enabled => ("rtc", "v1_enabled"),
+            Field::RtcMaxSignalMessageBytes => ("rtc", "max_signal_message_bytes"),
+            Field::RoomsAutoCreate => ("rooms", "auto_create"),
+            Field::LogFormat => ("log", "format"),
+        }
+    }
+
+    pub(crate) fn kind(self) -> Kind {
+        match self {
+            Field::HttpBind | Field::RtcBind => Kind::Ip,
+            Field::HttpPort | Field::RtcUdpPort => Kind::Port,
+            Field::RtcNodeIps => Kind::IpList,
+            Field::RtcIncludeLoopback | Field::RtcV1Enabled | Field::RoomsAutoCreate => Kind::Bool,
+            Field::RtcMaxSignalMessageBytes => Kind::Bytes,
+            Field::LogFormat => Kind::Format,
+        }
+    }
+
+    /// Dotted name, e.g. `rtc.udp_port`.
+    pub(crate) fn name(self) -> String {
+        let (section, key) = self.path();
+        format!("{section}.{key}")
+    }
+
+    /// Environment variable, e.g. `SWITCHBOARD_RTC__UDP_PORT`.
+    pub(crate) fn env_var(self) -> String {
+        let (section, key) = self.path();
+        format!(
+            "SWITCHBOARD_{}__{}",
+            section.to_ascii_uppercase(),
+            key.to_ascii_uppercase()
+        )
+    }
+
+    /// The field at `section.key` in the file, if any.
+    pub(crate) fn lookup(section: &str, key: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|f| f.path() == (section, key))
+    }
+
+    /// The keys of a file section, comma separated (for error messages).
+    pub(crate) fn keys_of(section: &str) -> String {
+        Field::ALL
+            .into_iter()
+            .filter(|f| f.path().0 == section)
+            .map(|f| f.path().1)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Description of an acceptable value, for error messages.
+    pub(crate) fn expected(self) -> String {
+        match self.kind() {
+            Kind::Ip => "an IP address such as 0.0.0.0 or ::".into(),
+            Kind::Port => "a port number 1-65535".into(),
+            Kind::IpList => "a list of IP addresses to advertise (comma separated in the \
+                             environment); 0.0.0.0 and :: cannot be advertised"
+                .into(),
+            Kind::Bool => "true or false (1 or 0 in the environment)".into(),
+            Kind::Bytes => format!(
+                "a size in bytes from {MIN_SIGNAL_MESSAGE_BYTES} to {MAX_SIGNAL_MESSAGE_BYTES} (64 MiB)"
+            ),
+            Kind::Format => "\"text\" or \"json\"".into(),
+        }
+    }
+
+    /// An [`ConfigError::InvalidValue`] for this field.
+    pub(crate) fn invalid(self, value: String, origin: &ValueSource) -> ConfigError {
+        ConfigError::InvalidValue {
+            setting: self.name(),
+            value,
+            origin: origin.clone(),
+            expected: self.expected(),
+        }
+    }
+}
+
+/// A value parsed for one field.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Value {
+    Ip(IpAddr),
+    Port(u16),
+    IpList(Vec<IpAddr>),
+    Bool(bool),
+    Bytes(usize),
+    Format(LogFormat),
+}
+
+impl Layer {
+    /// Stores a value already checked by the `check_*` / `parse_*` helpers.
+    pub(crate) fn set(&mut self, field: Field, value: Value) {
+        match (field, value) {
+            (Field::HttpBind, Value::Ip(v)) => self.http_bind = Some(v),
+            (Field::RtcBind, Value::Ip(v)) => self.rtc_bind = Some(v),
+            (Field::HttpPort, Value::Port(v)) => self.http_port = Some(v),
+            (Field::RtcUdpPort, Value::Port(v)) => self.rtc_udp_port = Some(v),
+            (Field::RtcNodeIps, Value::IpList(v)) => self.rtc_node_ips = Some(v),
+            (Field::RtcIncludeLoopback, Value::Bool(v)) => self.rtc_include_loopback = Some(v),
+            (Field::RtcV1Enabled, Value::Bool(v)) => self.rtc_v1_enabled = Some(v),
+            (Field::RoomsAutoCreate, Value::Bool(v)) => self.rooms_auto_create = Some(v),
+            (Field::RtcMaxSignalMessageBytes, Value::Bytes(v)) => {
+                self.rtc_max_signal_message_bytes = Some(v)
+            }
+            (Field::LogFormat, Value::Format(v)) => self.log_format = Some(v),
+            (field, value) => unreachable!("value {value:?} does not fit field {field:?}"),
+        }
+    }
+}
+
+/// Parses an IP address; IPv6 may be written in brackets.
+pub(crate) fn parse_ip(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    let text = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    text.parse().ok()
+}
+
+/// Checks a port number (0 is rejected).
+pub(crate) fn check_port(port: i64) -> Option<u16> {
+    u16::try_from(port).ok().filter(|p| *p != 0)
+}
+
+/// Checks a signalling message size limit.
+pub(crate) fn check_bytes(bytes: i64) -> Option<usize> {
+    usize::try_from(bytes)
+        .ok()
+        .filter(|b| (MIN_SIGNAL_MESSAGE_BYTES..=MAX_SIGNAL_MESSAGE_BYTES).contains(b))
+}
+
+/// Checks a list of addresses to advertise; removes duplicates, keeping order.
+pub(crate) fn check_ip_list(ips: Vec<IpAddr>) -> Option<Vec<IpAddr>> {
+    if ips.iter().any(IpAddr::is_unspecified) {
+        return None;
+    }
+    let mut out: Vec<IpAddr> = Vec::with_capacity(ips.len());
+    for ip in ips {
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    Some(out)
+}
+
+/// Parses a log format name (case-insensitive).
+pub(crate) fn parse_format(text: &str) -> Option<LogFormat> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "text" => Some(LogFormat::Text),
+        "json" => Some(LogFormat::Json),
+        _ => None,
+    }
+}
+
+/// Parses a field's value from environment-variable text.
+pub(crate) fn parse_env_value(field: Field, text: &str) -> Option<Value> {
+    let trimmed = text.trim();
+    match field.kind() {
+        Kind::Ip => parse_ip(trimmed).map(Value::Ip),
+        Kind::Port => trimmed
+            .parse::<i64>()
+            .ok()
+            .and_then(check_port)
+            .map(Value::Port),
+        Kind::IpList => {
+            let ips = trimmed
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(parse_ip)
+                .collect::<Option<Vec<_>>>()?;
+            check_ip_list(ips).map(Value::IpList)
+        }
+        Kind::Bool => match trimmed.to_ascii_lowercase().as_str() {
+            "true" | "1" => Some(Value::Bool(true)),
+            "false" | "0" => Some(Value::Bool(false)),
+            _ => None,
+        },
+        Kind::Bytes => trimmed
+            .parse::<i64>()
+            .ok()
+            .and_then(check_bytes)
+            .map(Value::Bytes),
+        Kind::Format => parse_format(trimmed).map(Value::Format),
+    }
+}

@@ -1,0 +1,178 @@
+//! The LiveKit view of rooms: who is in which room, with which `ParticipantInfo` and tracks, and
+//! how to reach each participant's signalling session. Control plane only (one mutex, short
+//! critical sections); media never passes here.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use livekit_protocol as proto;
+use switchboard_sfu::{ParticipantId, TrackId};
+use tokio::sync::mpsc;
+
+/// Messages from the room (other sessions) to one participant's session task.
+#[derive(Debug)]
+pub enum Inbox {
+    /// Send this to the client as is.
+    Signal(proto::signal_response::Message),
+    /// A track of another participant went live; subscribe if auto-subscribe is on. Always sent
+    /// after the `ParticipantUpdate` that carries the track.
+    TrackLive {
+        /// SFU track id.
+        track: TrackId,
+        /// Publisher's `PA_` sid.
+        publisher_sid: String,
+        /// The track's `TR_` sid.
+        track_sid: String,
+    },
+    /// End the session with this `leave` reason (e.g. duplicate identity).
+    Close(proto::DisconnectReason),
+}
+
+/// One participant as the room sees it.
+#[derive(Debug)]
+pub struct Member {
+    /// Full participant info; `tracks` holds only live tracks.
+    pub info: proto::ParticipantInfo,
+    /// SFU id of each live track, by `TR_` sid.
+    pub track_ids: HashMap<String, TrackId>,
+    /// Not announced to others (`video.hidden`).
+    pub hidden: bool,
+    /// The session task's inbox.
+    pub inbox: mpsc::UnboundedSender<Inbox>,
+}
+
+/// One room.
+#[derive(Debug)]
+pub struct Room {
+    /// Wire description (`RM_` sid, name, creation time).
+    pub info: proto::Room,
+    /// Members by SFU participant id.
+    pub members: HashMap<ParticipantId, Member>,
+}
+
+impl Room {
+    /// Sends `msg` to every member but `except`.
+    pub fn broadcast(&self, except: Option<ParticipantId>, msg: impl Fn() -> Inbox) {
+        for (pid, m) in &self.members {
+            if Some(*pid) != except {
+                let _ = m.inbox.send(msg());
+            }
+        }
+    }
+
+    /// Sends a `ParticipantUpdate` with `info` to everyone (to the participant itself too, when
+    /// `include_self`); hidden participants are only told about themselves.
+    pub fn announce(&self, who: ParticipantId, include_self: bool) {
+        let Some(m) = self.members.get(&who) else {
+            return;
+        };
+        let info = m.info.clone();
+        let hidden = m.hidden;
+        for (pid, other) in &self.members {
+            let is_self = *pid == who;
+            if (is_self && include_self) || (!is_self && !hidden) {
+                let _ = other.inbox.send(Inbox::Signal(update(vec![info.clone()])));
+            }
+        }
+    }
+
+    /// Infos of everyone visible to `viewer`.
+    pub fn others(&self, viewer: ParticipantId) -> Vec<proto::ParticipantInfo> {
+        self.members
+            .iter()
+            .filter(|(pid, m)| **pid != viewer && !m.hidden)
+            .map(|(_, m)| m.info.clone())
+            .collect()
+    }
+
+    /// Finds a live track by `TR_` sid: (publisher, publisher sid, SFU track id).
+    pub fn find_track(&self, track_sid: &str) -> Option<(ParticipantId, String, TrackId)> {
+        self.members.iter().find_map(|(pid, m)| {
+            m.track_ids
+                .get(track_sid)
+                .map(|t| (*pid, m.info.sid.clone(), *t))
+        })
+    }
+}
+
+/// A `ParticipantUpdate` message.
+pub fn update(participants: Vec<proto::ParticipantInfo>) -> proto::signal_response::Message {
+    proto::signal_response::Message::Update(proto::ParticipantUpdate { participants })
+}
+
+/// All rooms of this node.
+#[derive(Debug, Default)]
+pub struct Registry {
+    rooms: Mutex<HashMap<String, Room>>,
+}
+
+impl Registry {
+    /// Runs `f` on the room named `name`, if it exists.
+    pub fn with_room<R>(&self, name: &str, f: impl FnOnce(&mut Room) -> R) -> Option<R> {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.get_mut(name).map(f)
+    }
+
+    /// Runs `f` on the room named `name`, creating it first if needed.
+    pub fn with_room_or_create<R>(&self, name: &str, f: impl FnOnce(&mut Room) -> R) -> R {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let room = rooms.entry(name.to_string()).or_insert_with(|| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            tracing::info!(room = name, "room created");
+            Room {
+                info: proto::Room {
+                    sid: crate::ids::room_sid(),
+                    name: name.to_string(),
+                    empty_timeout: 300,
+                    departure_timeout: 20,
+                    creation_time: now.as_secs() as i64,
+                    creation_time_ms: now.as_millis() as i64,
+                    ..Default::default()
+                },
+                members: HashMap::new(),
+            }
+        });
+        f(room)
+    }
+
+    /// Whether a room exists.
+    pub fn exists(&self, name: &str) -> bool {
+        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.contains_key(name)
+    }
+
+    /// Removes a member (if it is still `pid`), tells the others it left with `reason`, and
+    /// drops the room when it is empty. Returns whether the member was there.
+    pub fn remove(&self, name: &str, pid: ParticipantId, reason: proto::DisconnectReason) -> bool {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(room) = rooms.get_mut(name) else {
+            return false;
+        };
+        let Some(mut m) = room.members.remove(&pid) else {
+            return false;
+        };
+        if !m.hidden {
+            m.info.state = proto::participant_info::State::Disconnected as i32;
+            m.info.disconnect_reason = reason as i32;
+            m.info.version += 1;
+            m.info.tracks.clear();
+            let info = m.info;
+            room.broadcast(None, || Inbox::Signal(update(vec![info.clone()])));
+        }
+        if room.members.is_empty() {
+            rooms.remove(name);
+            tracing::info!(room = name, "room closed");
+        }
+        true
+    }
+
+    /// (rooms, participants) now.
+    pub fn counts(&self) -> (usize, usize) {
+        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let participants = rooms.values().map(|r| r.members.len()).sum();
+        (rooms.len(), participants)
+    }
+}

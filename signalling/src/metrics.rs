@@ -1,0 +1,54 @@
+//! `GET /metrics`: Prometheus text exposition of rooms, participants, sessions, tracks,
+//! subscriptions, tasks and dropped datagrams, encoded with `prometheus-client`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use switchboard_sfu::SfuMetrics;
+
+use crate::AppState;
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, value: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(value);
+    reg.register(name, help, g);
+}
+
+fn counter(reg: &mut Registry, name: &str, help: &str, value: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(value);
+    reg.register(name, help, c);
+}
+
+/// Renders the current values.
+pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let (rooms, participants) = state.registry.counts();
+    let m = state.sfu.metrics();
+    let mut reg = Registry::with_prefix("switchboard");
+    gauge(&mut reg, "rooms", "Rooms with at least one participant", rooms as i64);
+    gauge(&mut reg, "participants", "Participants connected over signalling", participants as i64);
+    gauge(&mut reg, "sessions", "WebRTC sessions (peer connections) in the media plane", SfuMetrics::get(&m.sessions));
+    gauge(&mut reg, "media_participants", "Participants known to the media plane", SfuMetrics::get(&m.participants));
+    gauge(&mut reg, "published_tracks", "Published tracks bound to media", SfuMetrics::get(&m.published_tracks));
+    gauge(&mut reg, "subscriptions", "Track subscriptions", SfuMetrics::get(&m.subscriptions));
+    gauge(&mut reg, "tasks", "Signalling session tasks", state.tasks.load(Ordering::Relaxed));
+    counter(&mut reg, "dropped_datagrams", "UDP datagrams dropped (malformed or unroutable)", SfuMetrics::count(&m.dropped_datagrams));
+    counter(&mut reg, "rtp_received_packets", "RTP packets received from publishers", SfuMetrics::count(&m.rtp_in));
+    counter(&mut reg, "rtp_forwarded_packets", "RTP packets forwarded to subscribers", SfuMetrics::count(&m.rtp_forwarded));
+    counter(&mut reg, "session_panics", "WebRTC sessions ended by a contained panic", SfuMetrics::count(&m.session_panics));
+    let mut body = String::new();
+    if encode(&mut body, &reg).is_err() {
+        body.clear();
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+}

@@ -1,0 +1,125 @@
+"""pytest fixtures for the end-to-end suite (see harness.py and tests/README.md)."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+import harness
+
+# Every test gets this long in all, whatever it waits on (each wait is bounded too).
+TEST_TIMEOUT_S = int(os.environ.get("SB_E2E_TEST_TIMEOUT", "240"))
+
+LOGS = pytest.StashKey[list]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs_server: starts target/release/switchboard in a namespace")
+
+
+def _sigterm_to_interrupt(signum, frame):
+    # `timeout` (scripts/test-all.sh) stops pytest with SIGTERM: turn it into a
+    # KeyboardInterrupt so fixture finalizers still stop servers/peers and delete namespaces.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_checks():
+    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    if os.geteuid() != 0:
+        pytest.exit("the end-to-end suite creates network namespaces: run it as root", returncode=4)
+    harness.ip_bin()
+    harness.cleanup_stale_namespaces()
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _test_deadline(request):
+    """A hard bound on each test: SIGALRM raises in the test, fixtures still clean up."""
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"test exceeded {TEST_TIMEOUT_S}s (SB_E2E_TEST_TIMEOUT)")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(TEST_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def register_log(request, title: str, path: Path) -> None:
+    request.node.stash.setdefault(LOGS, []).append((title, path))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        for title, path in item.stash.get(LOGS, []):
+            rep.sections.append((f"{title}: {path}", harness.tail(path)))
+
+
+@pytest.fixture
+def netns(request):
+    """A fresh network namespace (lo + veth hx0 10.254.0.1 / hx1 10.254.0.2), deleted after
+    the test in every case, together with any process still running in it."""
+    ns = harness.Netns()
+    try:
+        ns.create()
+        yield ns
+    finally:
+        ns.destroy()
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def start_server(netns, workdir, request):
+    """start_server(*extra_args) -> harness.Server, ready (GET / == OK); stopped at teardown.
+    Its log (stdout+stderr) is attached to the report of a failing test."""
+    servers: list[harness.Server] = []
+
+    def _start(*args: str) -> harness.Server:
+        s = harness.Server(netns, workdir, list(args))
+        servers.append(s)
+        register_log(request, "server log", s.log)
+        return s.start()
+
+    yield _start
+    died = []
+    for s in servers:
+        was_alive = s.alive()
+        code = s.stop()
+        if s.ready and not was_alive:
+            died.append(f"server {s.args} exited by itself with {code}; log {s.log}")
+    if died:
+        pytest.fail("; ".join(died) + ":\n" + harness.tail(servers[0].log, 60))
+
+
+@pytest.fixture
+def server(start_server) -> harness.Server:
+    return start_server()
+
+
+@pytest.fixture
+def peers(netns, workdir, request):
+    """peers(identity, room, **Peer fields) -> started harness.Peer; all killed at teardown."""
+    started: list[harness.Peer] = []
+
+    def _peer(identity: str, room: str, **kw) -> harness.Peer:
+        p = harness.Peer(netns, workdir, identity, room, **kw)
+        register_log(request, f"peer {identity} log", p.log)
+        started.append(p)
+        return p.start()
+
+    yield _peer
+    for p in started:
+        p.kill()

@@ -1,0 +1,419 @@
+"""End-to-end harness: network namespaces, the switchboard server, peer processes, checks.
+
+Everything that talks to the server runs inside a per-test network namespace
+(`ip netns exec`), so the fixed ports (HTTP/WS 7880, media UDP 7882) never collide and
+nothing leaves the machine. pytest itself stays in the root namespace.
+"""
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from livekit import api
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+PEER_SCRIPT = HERE / "peer.py"
+NSHTTP_SCRIPT = HERE / "nshttp.py"
+PYTHON = sys.executable  # the venv's interpreter; used inside the namespace too
+
+API_KEY = "devkey"
+API_SECRET = "secret"
+HTTP_PORT = 7880
+NODE_IP = "10.254.0.1"
+PEER_IP = "10.254.0.2"
+WS_URL = f"ws://127.0.0.1:{HTTP_PORT}"
+HTTP_URL = f"http://127.0.0.1:{HTTP_PORT}"
+
+NS_PREFIX = "sbtest-"
+_ns_counter = itertools.count(1)
+
+
+def server_bin() -> Path:
+    return Path(os.environ.get("SB_E2E_SERVER_BIN", REPO / "target" / "release" / "switchboard"))
+
+
+def ip_bin() -> str:
+    for cand in (shutil.which("ip"), "/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    raise RuntimeError("`ip` (iproute2) not found; run scripts/install-test-deps.sh")
+
+
+def _run(cmd: list[str], timeout: float = 20, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} -> exit {r.returncode}: {r.stderr.strip()}")
+    return r
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def tail(path: Path | str, lines: int = 150) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as e:
+        return f"<cannot read {path}: {e}>"
+    ls = text.splitlines()
+    head = f"... ({len(ls) - lines} earlier lines in {path})\n" if len(ls) > lines else ""
+    return head + "\n".join(ls[-lines:])
+
+
+# --------------------------------------------------------------------------- netns --
+class Netns:
+    """A network namespace with lo up and a veth pair hx0 (10.254.0.1) <-> hx1 (10.254.0.2)."""
+
+    def __init__(self) -> None:
+        self.ip = ip_bin()
+        self.name = f"{NS_PREFIX}{os.getpid()}-{next(_ns_counter)}"
+        self.created = False
+
+    def create(self) -> "Netns":
+        ip, n = self.ip, self.name
+        _run([ip, "netns", "add", n])
+        self.created = True
+        try:
+            _run([ip, "-n", n, "link", "set", "lo", "up"])
+            _run([ip, "-n", n, "link", "add", "hx0", "type", "veth", "peer", "name", "hx1"])
+            _run([ip, "-n", n, "addr", "add", f"{NODE_IP}/24", "dev", "hx0"])
+            _run([ip, "-n", n, "addr", "add", f"{PEER_IP}/24", "dev", "hx1"])
+            _run([ip, "-n", n, "link", "set", "hx0", "up"])
+            _run([ip, "-n", n, "link", "set", "hx1", "up"])
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def prefix(self) -> list[str]:
+        return [self.ip, "netns", "exec", self.name]
+
+    def run(self, cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(self.prefix() + cmd, capture_output=True, text=True, timeout=timeout)
+
+    def popen(self, cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+        # `ip netns exec` execs the command (no fork), so the pid is the command's own.
+        with open(log, "wb") as f:
+            return subprocess.Popen(
+                self.prefix() + cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True,
+            )
+
+    def pids(self) -> list[int]:
+        r = _run([self.ip, "netns", "pids", self.name], check=False)
+        return [int(x) for x in r.stdout.split()] if r.returncode == 0 else []
+
+    def destroy(self) -> None:
+        if not self.created:
+            return
+        # Only our own processes can be in our namespace: the server and the peers we started.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = self.pids()
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            t_end = time.monotonic() + 3
+            while time.monotonic() < t_end and any(_pid_alive(p) for p in pids):
+                time.sleep(0.05)
+        _run([self.ip, "netns", "del", self.name], check=False)
+        self.created = False
+
+    # --- HTTP from inside the namespace -------------------------------------------
+    def nshttp(self, *args: str, timeout: float = 30) -> dict:
+        r = self.run([PYTHON, str(NSHTTP_SCRIPT), *args], timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"nshttp {args} failed: {r.stderr}")
+        return json.loads(r.stdout)
+
+    def http_get(self, path: str, timeout: float = 5) -> dict:
+        return self.nshttp("get", HTTP_URL + path, "--timeout", str(timeout), timeout=timeout + 10)
+
+    def ws_upgrade(self, path: str, headers: list[str] = (), timeout: float = 5) -> dict:
+        args = ["upgrade", "127.0.0.1", str(HTTP_PORT), path, "--timeout", str(timeout)]
+        for h in headers:
+            args += ["--header", h]
+        return self.nshttp(*args, timeout=timeout + 10)
+
+
+def cleanup_stale_namespaces() -> None:
+    """Delete sbtest-<pid>-<n> namespaces left by test runs whose process is gone."""
+    ip = ip_bin()
+    r = _run([ip, "netns", "list"], check=False)
+    for line in r.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = re.fullmatch(rf"{NS_PREFIX}(\d+)-\d+", name)
+        if m and not _pid_alive(int(m.group(1))):
+            # only this harness makes sbtest-* namespaces: what runs in one is a server or
+            # peer a killed test run left behind
+            for pid in _run([ip, "netns", "pids", name], check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            _run([ip, "netns", "del", name], check=False)
+
+
+# -------------------------------------------------------------------------- server --
+def parse_prometheus(text: str) -> dict[str, float]:
+    """{series: value}; series is the metric name plus its label set as written."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?)\s+(\S+)", line)
+        if m:
+            try:
+                out[m.group(1)] = float(m.group(2))
+            except ValueError:
+                pass
+    return out
+
+
+def metric(metrics: dict[str, float], name: str) -> float | None:
+    """Sum of all series of `name` (None if absent)."""
+    vals = [v for k, v in metrics.items() if k == name or k.startswith(name + "{")]
+    return sum(vals) if vals else None
+
+
+class Server:
+    def __init__(self, ns: Netns, workdir: Path, args: list[str]) -> None:
+        self.ns = ns
+        self.args = args
+        self.log = workdir / f"server{'-' + '_'.join(a.strip('-') for a in args) if args else ''}.log"
+        self.proc: subprocess.Popen | None = None
+        self.ready = False
+
+    def start(self, ready_timeout: float = 30) -> "Server":
+        binary = server_bin()
+        if not binary.exists():
+            raise RuntimeError(f"server binary {binary} missing: run `cargo build --release` (or set SB_E2E_SERVER_BIN)")
+        # The server reads SWITCHBOARD_* (and LIVEKIT_*) variables as configuration and
+        # refuses unknown ones: start it from a clean slate, whatever the caller's shell has.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SWITCHBOARD_", "LIVEKIT_"))}
+        env.setdefault("RUST_LOG", "info")
+        env.setdefault("RUST_BACKTRACE", "1")
+        cmd = [str(binary), "--dev", "--node-ip", NODE_IP, *self.args]
+        self.proc = self.ns.popen(cmd, self.log, env=env)
+        r = self.ns.nshttp("wait-ready", HTTP_URL + "/", "--timeout", str(ready_timeout), "--expect-body", "OK",
+                           "--pid", str(self.proc.pid), timeout=ready_timeout + 15)
+        if not r["ready"]:
+            try:
+                code = self.proc.wait(1)
+            except subprocess.TimeoutExpired:
+                code = None
+            raise RuntimeError(
+                f"server did not become ready within {ready_timeout}s (exit code {code}; last: {r['last_error']});"
+                f" log {self.log}:\n{tail(self.log, 60)}")
+        self.ready = True
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def metrics(self) -> dict[str, float]:
+        r = self.ns.http_get("/metrics")
+        if r["status"] != 200:
+            raise AssertionError(f"/metrics -> {r['status']} {r['error'] or r['body'][:300]}")
+        return parse_prometheus(r["body"])
+
+    def wait_metrics(self, want: dict[str, float], timeout: float, *, op: str = "==") -> dict[str, float]:
+        """Poll /metrics until every named metric satisfies `op` its wanted value; return the last
+        reading. Raises AssertionError naming the metrics that never got there."""
+        t_end = time.monotonic() + timeout
+        while True:
+            m = self.metrics()
+            bad = {}
+            for name, v in want.items():
+                got = metric(m, name)
+                ok = got is not None and (got == v if op == "==" else got >= v)
+                if not ok:
+                    bad[name] = got
+            if not bad:
+                return m
+            if time.monotonic() > t_end:
+                raise AssertionError(f"after {timeout}s metrics still {bad}, wanted {op} {want}")
+            time.sleep(0.25)
+
+
+# --------------------------------------------------------------------------- tokens --
+def make_token(identity: str, room: str, *, key: str = API_KEY, secret: str = API_SECRET,
+               ttl: datetime.timedelta | None = None, room_join: bool | None = True) -> str:
+    t = api.AccessToken(key, secret).with_identity(identity).with_name(identity)
+    t = t.with_grants(api.VideoGrants(room_join=room_join, room=room))
+    if ttl is not None:
+        t = t.with_ttl(ttl)
+    return t.to_jwt()
+
+
+# ---------------------------------------------------------------------------- peers --
+@dataclass
+class Peer:
+    """A participant process (tests/e2e/peer.py) inside the namespace."""
+
+    ns: Netns
+    workdir: Path
+    identity: str
+    room: str
+    duration: float = 10.0
+    tone: float = 0.0
+    video: bool = False
+    single_pc: str = "default"
+    e2ee_key: str | None = None
+    wait_for: list[str] = field(default_factory=list)
+    send_data: int = 0
+    send_private: str = ""
+    settle: float = 1.0
+    extra: list[str] = field(default_factory=list)
+    connect_timeout: float = 20.0
+    wait_timeout: float = 20.0
+    token: str | None = None
+    proc: subprocess.Popen | None = None
+
+    @property
+    def out(self) -> Path:
+        return self.workdir / f"peer-{self.identity}.json"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / f"peer-{self.identity}.log"
+
+    @property
+    def hard_timeout(self) -> float:
+        return self.connect_timeout + 5 + self.wait_timeout + self.settle + self.duration + 60
+
+    def start(self) -> "Peer":
+        token = self.token or make_token(self.identity, self.room)
+        cmd = [PYTHON, str(PEER_SCRIPT), "--url", WS_URL, "--token", token, "--out", str(self.out),
+               "--duration", str(self.duration), "--single-pc", self.single_pc,
+               "--connect-timeout", str(self.connect_timeout), "--wait-timeout", str(self.wait_timeout),
+               "--settle", str(self.settle)]
+        if self.tone:
+            cmd += ["--tone", str(self.tone)]
+        if self.video:
+            cmd += ["--video"]
+        if self.e2ee_key is not None:
+            cmd += ["--e2ee-key", self.e2ee_key]
+        if self.wait_for:
+            cmd += ["--wait-for", ",".join(self.wait_for)]
+        if self.send_data:
+            cmd += ["--send-data", str(self.send_data)]
+        if self.send_private:
+            cmd += ["--send-private", self.send_private]
+        cmd += self.extra
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.started = time.monotonic()
+        self.proc = self.ns.popen(cmd, self.log, env=env)
+        return self
+
+    def wait(self) -> dict:
+        """Wait (bounded by hard_timeout from start) and return the peer's JSON result."""
+        assert self.proc is not None
+        left = max(1.0, self.started + self.hard_timeout - time.monotonic())
+        try:
+            self.proc.wait(left)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"peer {self.identity} still running after {self.hard_timeout:.0f}s; killed."
+                                 f" log {self.log}:\n{tail(self.log, 40)}")
+        if not self.out.exists():
+            raise AssertionError(f"peer {self.identity} exited {self.proc.returncode} without a result;"
+                                 f" log {self.log}:\n{tail(self.log, 40)}")
+        res = json.loads(self.out.read_text())
+        res["_exit"] = self.proc.returncode
+        return res
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def wait_all(peers: list[Peer]) -> dict[str, dict]:
+    return {p.identity: p.wait() for p in peers}
+
+
+def assert_joined(res: dict, who: str) -> None:
+    assert res["connected"], f"{who} could not join: {res.get('connect_error')}"
+    assert res.get("error") is None, f"{who} failed: {res['error']}"
+    assert res["_exit"] == 0, f"{who} exited {res['_exit']}"
+
+
+# --------------------------------------------------------------------------- checks --
+def video_delivery(receiver: dict, sender: dict, sender_id: str, window: float) -> dict:
+    """Share of the counters `sender` sent during the `window` seconds after `receiver`
+    decoded its first frame from it, that `receiver` decoded at least once."""
+    rec = receiver["remote"].get(sender_id, {}).get("video")
+    info = {"window": window}
+    if not rec or not rec.get("counters"):
+        info.update(ratio=0.0, reason=f"no decoded video from {sender_id}: {rec and {k: rec.get(k) for k in ('frames', 'undecodable', 'sizes')}}")
+        return info
+    sent = sender["published"].get("video", {}).get("sent", [])
+    t0 = rec["counters"][0][1]
+    t1 = t0 + window
+    last_sent = sent[-1][1] if sent else 0
+    expected = {c for c, t in sent if t0 <= t <= t1}
+    got = {c for c, _ in rec["counters"]}
+    info.update(
+        first_frame_after_subscribe=t0 - rec.get("subscribed_t", t0),
+        expected=len(expected), received=len(expected & got), frames=rec["frames"],
+        undecodable=rec["undecodable"], sizes=rec["sizes"],
+        ratio=(len(expected & got) / len(expected)) if expected else 0.0,
+    )
+    if last_sent < t1 + 0.5:
+        info["reason"] = (f"sender {sender_id} stopped {t1 + 0.5 - last_sent:.1f}s before the window ended"
+                          f" (media started late: first frame {t0 - sender['connected']:.1f}s after sender joined)")
+        info["ratio"] = 0.0
+    return info
+
+
+def tone_presence(receiver: dict, sender_id: str, hz: float, tol: float = 10.0) -> dict:
+    """How many 0.2 s windows of `sender_id`'s audio at `receiver` had `hz` as dominant frequency."""
+    rec = receiver["remote"].get(sender_id, {}).get("audio")
+    if not rec or "dominant_hz_hist" not in rec:
+        return {"tone_seconds": 0.0, "reason": f"no audio from {sender_id}: {rec}"}
+    hist = {float(k): v for k, v in rec["dominant_hz_hist"].items()}
+    on = sum(v for f, v in hist.items() if abs(f - hz) <= tol)
+    off = sum(v for f, v in hist.items() if abs(f - hz) > tol)
+    return {"tone_seconds": on * 0.2, "other_seconds": off * 0.2, "silent_seconds": rec["silent_windows"] * 0.2,
+            "dominant_hz": rec["dominant_hz"], "rms": rec["rms"], "hist": rec["dominant_hz_hist"]}
+
+
+def events(res: dict, kind: str, **match) -> list[dict]:
+    return [e for e in res["events"] if e["type"] == kind and all(e.get(k) == v for k, v in match.items())]
