@@ -121,9 +121,15 @@ mod tests {
 
     #[test]
     fn vp8_delta_frame_and_continuation_are_not_keyframes() {
-        assert!(!is_keyframe_start(MediaCodec::Vp8, &[0x90, 0x80, 0x05, 0x01]));
+        assert!(!is_keyframe_start(
+            MediaCodec::Vp8,
+            &[0x90, 0x80, 0x05, 0x01]
+        ));
         // S=0: continuation packet
-        assert!(!is_keyframe_start(MediaCodec::Vp8, &[0x80, 0x80, 0x05, 0x00]));
+        assert!(!is_keyframe_start(
+            MediaCodec::Vp8,
+            &[0x80, 0x80, 0x05, 0x00]
+        ));
     }
 
     #[test]
@@ -148,6 +154,9 @@ mod tests {
 
     #[test]
     fn h264_stap_a_with_bad_length_does_not_panic() {
-        assert!(!is_keyframe_start(MediaCodec::H264, &[24, 0xff, 0xff, 0x41]));
+        assert!(!is_keyframe_start(
+            MediaCodec::H264,
+            &[24, 0xff, 0xff, 0x41]
+        ));
     }
 }

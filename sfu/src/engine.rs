@@ -214,7 +214,9 @@ impl Engine {
                 }
                 let udp = &self.udp;
                 let sock = &self.socket;
-                match sock.try_io(Interest::READABLE, || udp.recv(sock.into(), &mut slices, &mut meta)) {
+                match sock.try_io(Interest::READABLE, || {
+                    udp.recv(sock.into(), &mut slices, &mut meta)
+                }) {
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
@@ -642,7 +644,12 @@ impl Engine {
         }
     }
 
-    fn request_keyframe(&mut self, track_id: TrackId, layer: Option<u8>, kind: KeyframeRequestKind) {
+    fn request_keyframe(
+        &mut self,
+        track_id: TrackId,
+        layer: Option<u8>,
+        kind: KeyframeRequestKind,
+    ) {
         let now = Instant::now();
         let Some(track) = self.tracks.get_mut(&track_id) else {
             return;
@@ -656,7 +663,10 @@ impl Engine {
             return;
         }
         *slot = Some(now);
-        let rid = track.rids.get(usize::from(layer)).map(|r| r.as_str().into());
+        let rid = track
+            .rids
+            .get(usize::from(layer))
+            .map(|r| r.as_str().into());
         let mid = track.mid;
         let key = track.session;
         let Some(session) = self.sessions.get_mut(&key) else {
@@ -816,7 +826,10 @@ impl Engine {
         }
         let publisher = self.new_session(participant, PeerRole::Publisher);
         let subscriber = subscriber_pc.then(|| self.new_session(participant, PeerRole::Subscriber));
-        self.rooms.entry(room.clone()).or_default().push(participant);
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .push(participant);
         self.participants.insert(
             participant,
             Participant {
@@ -863,7 +876,12 @@ impl Engine {
         }
     }
 
-    fn offer(&mut self, participant: ParticipantId, sdp: String, pending: Vec<crate::PendingTrack>) {
+    fn offer(
+        &mut self,
+        participant: ParticipantId,
+        sdp: String,
+        pending: Vec<crate::PendingTrack>,
+    ) {
         let Some(key) = self.session_of(participant, PeerRole::Publisher) else {
             return;
         };
@@ -1032,9 +1050,8 @@ impl Engine {
             p.subscribed.retain(|t| *t != track_id);
         }
         if let Some(s) = self.sessions.get_mut(&sub.session) {
-            s.queued.retain(
-                |c| !matches!(c, QueuedChange::Add { track, .. } if *track == track_id),
-            );
+            s.queued
+                .retain(|c| !matches!(c, QueuedChange::Add { track, .. } if *track == track_id));
             if let Some(mid) = sub.mid {
                 s.mid_subs.remove(&mid);
                 s.queued.push(QueuedChange::Remove { mid });
@@ -1064,7 +1081,11 @@ impl Engine {
                         stream_id,
                         track_label,
                     } => {
-                        let kind = if video { MediaKind::Video } else { MediaKind::Audio };
+                        let kind = if video {
+                            MediaKind::Video
+                        } else {
+                            MediaKind::Audio
+                        };
                         let mid = api.add_media(
                             kind,
                             Direction::SendOnly,
@@ -1129,7 +1150,10 @@ impl Engine {
 
     fn session_panicked(&mut self, participant: ParticipantId) {
         SfuMetrics::inc(&self.metrics.session_panics);
-        tracing::error!(participant = participant.0, "webrtc session panicked; participant removed");
+        tracing::error!(
+            participant = participant.0,
+            "webrtc session panicked; participant removed"
+        );
         self.fail_participant(participant, PeerRole::Publisher, "internal error".into());
     }
 

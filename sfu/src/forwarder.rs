@@ -170,7 +170,9 @@ mod tests {
         // The old layer is no longer forwarded.
         assert_eq!(f.forward(pkt(0, 103, 7000, false, later), 2), None);
         assert_eq!(
-            f.forward(pkt(2, 9002, 558_000, false, later), 2).unwrap().seq,
+            f.forward(pkt(2, 9002, 558_000, false, later), 2)
+                .unwrap()
+                .seq,
             h.seq + 1
         );
     }

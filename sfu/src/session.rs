@@ -92,6 +92,8 @@ impl Session {
             codecs.add_h264(125.into(), Some(107.into()), false, 0x42001f);
             codecs.add_h264(123.into(), Some(119.into()), true, 0x4d001f);
             codecs.add_h264(114.into(), Some(115.into()), true, 0x64001f);
+            // Constrained High: a publisher that offers only this still gets H.264.
+            codecs.add_h264(112.into(), Some(113.into()), true, 0x640c1f);
         }
         let mut rtc = cfg.build(now);
         for addr in candidates {

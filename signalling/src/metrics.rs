@@ -32,23 +32,81 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let (rooms, participants) = state.registry.counts();
     let m = state.sfu.metrics();
     let mut reg = Registry::with_prefix("switchboard");
-    gauge(&mut reg, "rooms", "Rooms with at least one participant", rooms as i64);
-    gauge(&mut reg, "participants", "Participants connected over signalling", participants as i64);
-    gauge(&mut reg, "sessions", "WebRTC sessions (peer connections) in the media plane", SfuMetrics::get(&m.sessions));
-    gauge(&mut reg, "media_participants", "Participants known to the media plane", SfuMetrics::get(&m.participants));
-    gauge(&mut reg, "published_tracks", "Published tracks bound to media", SfuMetrics::get(&m.published_tracks));
-    gauge(&mut reg, "subscriptions", "Track subscriptions", SfuMetrics::get(&m.subscriptions));
-    gauge(&mut reg, "tasks", "Signalling session tasks", state.tasks.load(Ordering::Relaxed));
-    counter(&mut reg, "dropped_datagrams", "UDP datagrams dropped (malformed or unroutable)", SfuMetrics::count(&m.dropped_datagrams));
-    counter(&mut reg, "rtp_received_packets", "RTP packets received from publishers", SfuMetrics::count(&m.rtp_in));
-    counter(&mut reg, "rtp_forwarded_packets", "RTP packets forwarded to subscribers", SfuMetrics::count(&m.rtp_forwarded));
-    counter(&mut reg, "session_panics", "WebRTC sessions ended by a contained panic", SfuMetrics::count(&m.session_panics));
+    gauge(
+        &mut reg,
+        "rooms",
+        "Rooms with at least one participant",
+        rooms as i64,
+    );
+    gauge(
+        &mut reg,
+        "participants",
+        "Participants connected over signalling",
+        participants as i64,
+    );
+    gauge(
+        &mut reg,
+        "sessions",
+        "WebRTC sessions (peer connections) in the media plane",
+        SfuMetrics::get(&m.sessions),
+    );
+    gauge(
+        &mut reg,
+        "media_participants",
+        "Participants known to the media plane",
+        SfuMetrics::get(&m.participants),
+    );
+    gauge(
+        &mut reg,
+        "published_tracks",
+        "Published tracks bound to media",
+        SfuMetrics::get(&m.published_tracks),
+    );
+    gauge(
+        &mut reg,
+        "subscriptions",
+        "Track subscriptions",
+        SfuMetrics::get(&m.subscriptions),
+    );
+    gauge(
+        &mut reg,
+        "tasks",
+        "Signalling session tasks",
+        state.tasks.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut reg,
+        "dropped_datagrams",
+        "UDP datagrams dropped (malformed or unroutable)",
+        SfuMetrics::count(&m.dropped_datagrams),
+    );
+    counter(
+        &mut reg,
+        "rtp_received_packets",
+        "RTP packets received from publishers",
+        SfuMetrics::count(&m.rtp_in),
+    );
+    counter(
+        &mut reg,
+        "rtp_forwarded_packets",
+        "RTP packets forwarded to subscribers",
+        SfuMetrics::count(&m.rtp_forwarded),
+    );
+    counter(
+        &mut reg,
+        "session_panics",
+        "WebRTC sessions ended by a contained panic",
+        SfuMetrics::count(&m.session_panics),
+    );
     let mut body = String::new();
     if encode(&mut body, &reg).is_err() {
         body.clear();
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
 }

@@ -166,7 +166,12 @@ mod tests {
 
     #[test]
     fn valid_token_yields_identity_and_room_verbatim() {
-        let t = token("devkey", "secret", join("!abc:example.org"), Duration::from_secs(60));
+        let t = token(
+            "devkey",
+            "secret",
+            join("!abc:example.org"),
+            Duration::from_secs(60),
+        );
         let g = verify_join(&t, &keys()).unwrap();
         assert_eq!(g.identity(), "@alice:example.org:DEVICE");
         assert_eq!(g.room(), "!abc:example.org");
@@ -239,7 +244,10 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed() {
-        assert_eq!(verify_join("abc", &keys()).unwrap_err(), AuthError::Malformed);
+        assert_eq!(
+            verify_join("abc", &keys()).unwrap_err(),
+            AuthError::Malformed
+        );
         assert_eq!(
             verify_join("a.!!!.c", &keys()).unwrap_err(),
             AuthError::Malformed
@@ -248,7 +256,12 @@ mod tests {
 
     #[test]
     fn refreshed_token_verifies_with_same_grants() {
-        let t = token("devkey", "secret", join("room/1+x="), Duration::from_secs(60));
+        let t = token(
+            "devkey",
+            "secret",
+            join("room/1+x="),
+            Duration::from_secs(60),
+        );
         let g = verify_join(&t, &keys()).unwrap();
         let r = refresh(&g, &keys()).unwrap();
         let g2 = verify_join(&r, &keys()).unwrap();

@@ -213,6 +213,7 @@ class Server:
         # refuses unknown ones: start it from a clean slate, whatever the caller's shell has.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SWITCHBOARD_", "LIVEKIT_"))}
         env.setdefault("RUST_LOG", "info")
+        env.setdefault("NO_COLOR", "1")  # plain log file
         env.setdefault("RUST_BACKTRACE", "1")
         cmd = [str(binary), "--dev", "--node-ip", NODE_IP, *self.args]
         self.proc = self.ns.popen(cmd, self.log, env=env)
@@ -373,6 +374,7 @@ def assert_joined(res: dict, who: str) -> None:
     assert res["connected"], f"{who} could not join: {res.get('connect_error')}"
     assert res.get("error") is None, f"{who} failed: {res['error']}"
     assert res["_exit"] == 0, f"{who} exited {res['_exit']}"
+    assert not res.get("callback_errors"), f"{who}: event handlers failed: {res['callback_errors']}"
 
 
 # --------------------------------------------------------------------------- checks --

@@ -259,26 +259,39 @@ async def run(args: argparse.Namespace, result: dict) -> int:
     tasks: list[asyncio.Task] = []
     events = result["events"]
 
-    def ev(kind: str, **kw) -> None:
-        events.append({"t": time.time(), "type": kind, **kw})
+    def ev(etype: str, /, **kw) -> None:
+        events.append({"t": time.time(), "type": etype, **kw})
+
+    def on(name: str):
+        """room.on(name), but an exception in the handler is recorded (the SDK only logs it)."""
+        def deco(fn):
+            def guarded(*a):
+                try:
+                    fn(*a)
+                except Exception as e:  # noqa: BLE001
+                    result["callback_errors"].append(f"{name}: {type(e).__name__}: {e}")
+                    traceback.print_exc()
+            room.on(name, guarded)
+            return fn
+        return deco
 
     def remote(identity: str) -> dict:
         return result["remote"].setdefault(identity, {})
 
-    @room.on("participant_connected")
+    @on("participant_connected")
     def _pc(p: rtc.RemoteParticipant) -> None:
         ev("participant_connected", identity=p.identity)
 
-    @room.on("participant_disconnected")
+    @on("participant_disconnected")
     def _pd(p: rtc.RemoteParticipant) -> None:
         ev("participant_disconnected", identity=p.identity)
 
-    @room.on("track_published")
+    @on("track_published")
     def _tp(pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
         ev("track_published", identity=p.identity, sid=pub.sid, kind=rtc.TrackKind.Name(pub.kind),
            mime=pub.mime_type, encryption=int(pub.encryption_type))
 
-    @room.on("track_subscribed")
+    @on("track_subscribed")
     def _ts(track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
         kind = "video" if track.kind == rtc.TrackKind.KIND_VIDEO else "audio"
         ev("track_subscribed", identity=p.identity, sid=track.sid, kind=kind,
@@ -292,15 +305,15 @@ async def run(args: argparse.Namespace, result: dict) -> int:
         coro = receive_video(track, rec, stop) if kind == "video" else receive_audio(track, rec, stop)
         tasks.append(asyncio.ensure_future(coro))
 
-    @room.on("track_unsubscribed")
+    @on("track_unsubscribed")
     def _tu(track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
         ev("track_unsubscribed", identity=p.identity, sid=track.sid)
 
-    @room.on("track_subscription_failed")
+    @on("track_subscription_failed")
     def _tf(p: rtc.RemoteParticipant, sid: str, error: str) -> None:
         ev("track_subscription_failed", identity=p.identity, sid=sid, error=str(error))
 
-    @room.on("data_received")
+    @on("data_received")
     def _dr(pkt: rtc.DataPacket) -> None:
         result["data"].append({
             "t": time.time(),
@@ -310,20 +323,20 @@ async def run(args: argparse.Namespace, result: dict) -> int:
             "kind": rtc.DataPacketKind.Name(pkt.kind),
         })
 
-    @room.on("e2ee_state_changed")
+    @on("e2ee_state_changed")
     def _e2ee(p, state) -> None:
         ev("e2ee_state_changed", identity=p.identity if p else None, state=rtc.EncryptionState.Name(state))
 
-    @room.on("connection_state_changed")
+    @on("connection_state_changed")
     def _cs(state) -> None:
         ev("connection_state_changed", state=rtc.ConnectionState.Name(state))
 
-    @room.on("disconnected")
+    @on("disconnected")
     def _dc(reason) -> None:
         ev("disconnected", reason=str(reason))
 
     for name in ("reconnecting", "reconnected"):
-        room.on(name, (lambda n: (lambda *a: ev(n)))(name))
+        on(name)((lambda n: (lambda *a: ev(n)))(name))
 
     opts = rtc.RoomOptions(auto_subscribe=True, connect_timeout=args.connect_timeout)
     if args.single_pc != "default":
@@ -415,7 +428,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     result: dict = {
         "pid": os.getpid(), "started": time.time(), "connected": None, "connect_error": None,
-        "events": [], "remote": {}, "data": [], "published": {}, "error": None,
+        "events": [], "remote": {}, "data": [], "published": {}, "error": None, "callback_errors": [],
     }
     code = 3
     try:

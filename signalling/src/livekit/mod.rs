@@ -49,8 +49,14 @@ fn cors() -> [(header::HeaderName, HeaderValue); 1] {
 
 /// Token from `Authorization: Bearer` (preferred, as LiveKit) or `access_token`.
 fn token_from(headers: &HeaderMap, query: &HashMap<String, String>) -> Result<String, AuthError> {
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(t) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
             return Ok(t.trim().to_string());
         }
     }
@@ -103,7 +109,10 @@ pub async fn rtc(
     };
     let opts = session::ConnectOptions {
         auto_subscribe: flag(&query, "auto_subscribe", true),
-        protocol: query.get("protocol").and_then(|p| p.parse().ok()).unwrap_or(0),
+        protocol: query
+            .get("protocol")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0),
         client_protocol: query
             .get("client_protocol")
             .and_then(|p| p.parse().ok())
@@ -129,5 +138,10 @@ pub async fn validate(
 
 /// `/rtc/v1` and `/rtc/v1/validate`: 404 with CORS, so SDKs fall back to `/rtc`.
 pub async fn v1_not_offered() -> Response {
-    (StatusCode::NOT_FOUND, cors(), "single peer connection mode not offered").into_response()
+    (
+        StatusCode::NOT_FOUND,
+        cors(),
+        "single peer connection mode not offered",
+    )
+        .into_response()
 }

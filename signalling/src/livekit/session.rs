@@ -10,9 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use livekit_protocol as proto;
+use prost::Message as _;
 use proto::signal_request::Message as Req;
 use proto::signal_response::Message as Resp;
-use prost::Message as _;
 use switchboard_sfu::{
     JoinParams, ParticipantId, PeerRole, PendingTrack, SfuEvent, SfuHandle, TrackId, TrackKind,
 };
@@ -105,7 +105,9 @@ async fn run_inner(
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Inbox>();
     let (sfu_tx, mut sfu_rx) = mpsc::unbounded_channel::<SfuEvent>();
-    state.tasks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state
+        .tasks
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
     let video = &grant.claims.video;
     // `recorder` and `agent` are deprecated in the proto but still read by older clients.
@@ -235,7 +237,9 @@ async fn run_inner(
     }
     let _ = state.sfu.leave(s.pid);
     state.registry.remove(&s.room, s.pid, reason);
-    state.tasks.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    state
+        .tasks
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(?reason, "participant left");
 }
 
@@ -251,7 +255,9 @@ impl Session {
         inbox: mpsc::UnboundedSender<Inbox>,
         sfu_events: mpsc::UnboundedSender<SfuEvent>,
     ) -> Resp {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let c = &self.grant.claims;
         let info = proto::ParticipantInfo {
             sid: self.sid.clone(),
@@ -506,7 +512,11 @@ impl Session {
             Ok(proto::TrackType::Audio) => TrackKind::Audio,
             Ok(proto::TrackType::Video) => TrackKind::Video,
             _ => {
-                let rr = refusal(&add, proto::request_response::Reason::UnsupportedType, "only audio and video tracks");
+                let rr = refusal(
+                    &add,
+                    proto::request_response::Reason::UnsupportedType,
+                    "only audio and video tracks",
+                );
                 let _ = ws.send(encode(Resp::RequestResponse(rr))).await;
                 return None;
             }
@@ -514,7 +524,11 @@ impl Session {
         let source_ok = self.perms.can_publish_sources.is_empty()
             || self.perms.can_publish_sources.contains(&add.source);
         if !self.perms.can_publish || !source_ok {
-            let rr = refusal(&add, proto::request_response::Reason::NotAllowed, "not allowed to publish");
+            let rr = refusal(
+                &add,
+                proto::request_response::Reason::NotAllowed,
+                "not allowed to publish",
+            );
             let _ = ws.send(encode(Resp::RequestResponse(rr))).await;
             return None;
         }
