@@ -15,6 +15,7 @@ mod engine;
 mod forwarder;
 mod ids;
 mod metrics;
+mod sdp_munge;
 mod session;
 
 use std::net::{IpAddr, SocketAddr};
@@ -123,6 +124,17 @@ pub enum SfuEvent {
         role: PeerRole,
         /// SDP text.
         sdp: String,
+        /// `(mid, track)` for every section of this PC that carries a subscribed track
+        /// (single-PC layout; empty otherwise).
+        mid_to_track: Vec<(String, TrackId)>,
+    },
+    /// Single-PC layout: the client should send a new offer with at least this many more
+    /// receive-only sections (LiveKit `MediaSectionsRequirement`; `0, 0` = just re-offer).
+    NeedOffer {
+        /// Additional receive-only audio sections wanted.
+        audio: u32,
+        /// Additional receive-only video sections wanted.
+        video: u32,
     },
     /// A new server offer on the subscriber PC (subscriptions changed).
     Offer {
@@ -162,6 +174,8 @@ pub enum SfuEvent {
         role: PeerRole,
         /// Human-readable reason.
         reason: String,
+        /// The peer closed the connection itself (DTLS close_notify), as on a normal hang-up.
+        by_peer: bool,
     },
 }
 
@@ -177,9 +191,23 @@ pub struct JoinParams {
     pub events: mpsc::UnboundedSender<SfuEvent>,
     /// Reads this participant's data-channel messages.
     pub data_router: Box<dyn DataRouter>,
-    /// Create a subscriber PC (two-PC mode) and send its first offer right away. Without it,
-    /// downstream data goes back on the client's own channels.
-    pub subscriber_pc: bool,
+    /// How many peer connections the client uses, and for what.
+    pub layout: PcLayout,
+}
+
+/// The peer connections of a participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PcLayout {
+    /// LiveKit `/rtc`: the client offers on a publisher PC; the server offers on a subscriber
+    /// PC, created at join with its first [`SfuEvent::Offer`] (data channels only).
+    Dual,
+    /// LiveKit `/rtc` without the subscribe permission: only the publisher PC; downstream data
+    /// goes back on the client's own channels.
+    PublishOnly,
+    /// LiveKit `/rtc/v1`: one PC, the client always offers. Subscribed tracks ride on the
+    /// client's receive-only sections; when there are not enough, [`SfuEvent::NeedOffer`] asks
+    /// for more.
+    Single,
 }
 
 impl std::fmt::Debug for JoinParams {
@@ -188,7 +216,7 @@ impl std::fmt::Debug for JoinParams {
             .field("participant", &self.participant)
             .field("room", &self.room)
             .field("identity", &self.identity)
-            .field("subscriber_pc", &self.subscriber_pc)
+            .field("layout", &self.layout)
             .finish_non_exhaustive()
     }
 }
@@ -287,7 +315,7 @@ impl SfuHandle {
         self.local_addr
     }
 
-    /// Adds a participant to a room. With `subscriber_pc`, an [`SfuEvent::Offer`] follows.
+    /// Adds a participant to a room. With [`PcLayout::Dual`], an [`SfuEvent::Offer`] follows.
     pub fn join(&self, params: JoinParams) -> Result<(), SfuError> {
         self.send(Command::Join(params))
     }

@@ -14,6 +14,7 @@ use str0m::media::Mid;
 use str0m::rtp::Ssrc;
 use str0m::{Candidate, Rtc, RtcConfig};
 
+use crate::sdp_munge::RecvSlot;
 use crate::{DataKind, ParticipantId, PeerRole, PendingTrack, TrackId};
 
 /// Largest data-channel message accepted and sent (bytes). livekit-client caps a single
@@ -65,6 +66,14 @@ pub(crate) struct Session {
     pub channels: HashMap<ChannelId, DataKind>,
     pub reliable: Option<ChannelId>,
     pub lossy: Option<ChannelId>,
+    /// Single-PC layout: the client's receive-only sections in its last offer.
+    pub recv_slots: Vec<RecvSlot>,
+    /// Single-PC layout: receive-only sections asked for and not yet seen, (audio, video).
+    pub requested: (u32, u32),
+    /// Single-PC layout: a re-offer was asked for and has not arrived yet.
+    pub reoffer_requested: bool,
+    /// This session carries both directions (single-PC layout).
+    pub single: bool,
 }
 
 impl Session {
@@ -122,6 +131,10 @@ impl Session {
             channels: HashMap::new(),
             reliable: None,
             lossy: None,
+            recv_slots: Vec::new(),
+            requested: (0, 0),
+            reoffer_requested: false,
+            single: false,
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use str0m::format::{Codec, FormatParams};
 use str0m::media::{Frequency, MediaKind};
-use switchboard_sfu::{PendingTrack, SfuEvent, TrackId, TrackKind};
+use switchboard_sfu::{PcLayout, PendingTrack, SfuEvent, TrackId, TrackKind};
 
 fn pending(track: TrackId, cid: &str, kind: TrackKind) -> PendingTrack {
     PendingTrack {
@@ -96,8 +96,8 @@ fn live_publisher(
 #[test]
 fn publisher_payload_types_are_renumbered_for_the_subscriber() {
     let sfu = start_sfu();
-    let mut publisher = Peer::new(&sfu, "room", "alice", false, odd_pts, None);
-    let mut subscriber = Peer::new(&sfu, "room", "bob", true, |c| c, None);
+    let mut publisher = Peer::new(&sfu, "room", "alice", PcLayout::PublishOnly, odd_pts, None);
+    let mut subscriber = Peer::new(&sfu, "room", "bob", PcLayout::Dual, |c| c, None);
     subscriber.accept_next_offer(&sfu, &mut [&mut publisher]);
     let (mids, [ta, tv]) = live_publisher(&sfu, &mut publisher, &mut [&mut subscriber]);
 
@@ -139,13 +139,20 @@ fn publisher_payload_types_are_renumbered_for_the_subscriber() {
 #[test]
 fn client_restarting_from_same_address_and_port_gets_a_working_session() {
     let sfu = start_sfu();
-    let mut first = Peer::new(&sfu, "room", "alice", false, |c| c, None);
+    let mut first = Peer::new(&sfu, "room", "alice", PcLayout::PublishOnly, |c| c, None);
     let addr = first.addr;
     live_publisher(&sfu, &mut first, &mut []);
     assert!(first.connected);
     // The client process dies: no leave, its socket closes, a new one opens on the same port.
     drop(first);
-    let mut second = Peer::new(&sfu, "room", "alice", false, |c| c, Some(addr));
+    let mut second = Peer::new(
+        &sfu,
+        "room",
+        "alice",
+        PcLayout::PublishOnly,
+        |c| c,
+        Some(addr),
+    );
     live_publisher(&sfu, &mut second, &mut []);
     assert!(
         second.connected,
@@ -167,7 +174,14 @@ fn h264_only(profile: u32) -> impl FnOnce(str0m::RtcConfig) -> str0m::RtcConfig 
 fn h264_profiles_in_offers_keep_h264_in_the_answer() {
     for profile in [0x42e01f, 0x42e034, 0x640c34, 0x42001f] {
         let sfu = start_sfu();
-        let mut publisher = Peer::new(&sfu, "room", "alice", false, h264_only(profile), None);
+        let mut publisher = Peer::new(
+            &sfu,
+            "room",
+            "alice",
+            PcLayout::PublishOnly,
+            h264_only(profile),
+            None,
+        );
         let tv = TrackId::next();
         publisher.publish(
             &sfu,
@@ -196,7 +210,14 @@ fn answer_puts_constrained_baseline_first_among_h264_profiles() {
         c.add_h264(106.into(), Some(107.into()), true, 0x42e01f);
         cfg
     };
-    let mut publisher = Peer::new(&sfu, "room", "alice", false, chrome_like, None);
+    let mut publisher = Peer::new(
+        &sfu,
+        "room",
+        "alice",
+        PcLayout::PublishOnly,
+        chrome_like,
+        None,
+    );
     let tv = TrackId::next();
     publisher.publish(
         &sfu,

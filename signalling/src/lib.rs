@@ -48,8 +48,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/rtc", get(livekit::rtc))
         .route("/rtc/validate", get(livekit::validate))
-        .route("/rtc/v1", get(livekit::v1_not_offered))
-        .route("/rtc/v1/validate", get(livekit::v1_not_offered))
+        .route("/rtc/v1", get(livekit::rtc_v1))
+        .route("/rtc/v1/validate", get(livekit::validate_v1))
         .layer(CorsLayer::very_permissive())
         .with_state(state)
 }

@@ -15,7 +15,8 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use switchboard_sfu::{
-    DataKind, DataRouter, JoinParams, ParticipantId, RoutedData, SfuConfig, SfuEvent, SfuHandle,
+    DataKind, DataRouter, JoinParams, ParticipantId, PcLayout, RoutedData, SfuConfig, SfuEvent,
+    SfuHandle,
 };
 use tokio::sync::mpsc;
 
@@ -60,7 +61,7 @@ impl Peer {
         sfu: &SfuHandle,
         room: &str,
         identity: &str,
-        subscriber_pc: bool,
+        layout: PcLayout,
         codecs: impl FnOnce(RtcConfig) -> RtcConfig,
         bind: Option<SocketAddr>,
     ) -> Self {
@@ -78,7 +79,7 @@ impl Peer {
             identity: Arc::from(identity),
             events: tx,
             data_router: Box::new(EchoRouter),
-            subscriber_pc,
+            layout,
         })
         .unwrap();
         Self {
@@ -149,6 +150,35 @@ impl Peer {
             self.pump(Duration::from_millis(5));
             for o in others.iter_mut() {
                 o.pump(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Makes the changes `change` queues, offers them, and applies the SFU's answer; returns
+    /// the answer.
+    pub fn negotiate(
+        &mut self,
+        sfu: &SfuHandle,
+        change: impl FnOnce(&mut str0m::change::SdpApi),
+        pending: Vec<switchboard_sfu::PendingTrack>,
+    ) -> String {
+        let mut api = self.rtc.sdp_api();
+        change(&mut api);
+        let (offer, pending_offer) = api.apply().expect("changes to offer");
+        sfu.offer(self.id, offer.to_sdp_string(), pending).unwrap();
+        loop {
+            match self.next_event(&mut []) {
+                SfuEvent::Answer { sdp, .. } => {
+                    self.last_answer = sdp.clone();
+                    let answer = SdpAnswer::from_sdp_string(&sdp).unwrap();
+                    self.rtc
+                        .sdp_api()
+                        .accept_answer(pending_offer, answer)
+                        .unwrap();
+                    return sdp;
+                }
+                SfuEvent::NegotiationFailed { reason, .. } => panic!("offer refused: {reason}"),
+                _ => {}
             }
         }
     }

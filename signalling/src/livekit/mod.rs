@@ -1,8 +1,10 @@
-//! The LiveKit client protocol: `/rtc` (WebSocket signalling, two peer connections),
-//! `/rtc/validate`, and `/rtc/v1*` (answered 404 while single-PC mode is not offered, which makes
-//! every SDK fall back to `/rtc`). Tokens are checked before any upgrade.
+//! The LiveKit client protocol: `/rtc` (WebSocket signalling, two peer connections), `/rtc/v1`
+//! (one peer connection, `join_request` in the query), and their `validate` twins. Tokens and
+//! join requests are checked before any upgrade; with `rtc.v1_enabled = false` the v1 paths
+//! answer 404, which makes every SDK fall back to `/rtc`.
 
 pub mod data;
+pub mod join_request;
 pub mod room;
 pub mod session;
 
@@ -28,6 +30,9 @@ pub enum ConnectError {
     /// Room missing and neither auto-create nor `roomCreate`: 404 with LiveKit's wording.
     #[error("requested room does not exist")]
     NoRoom,
+    /// `/rtc/v1` with a missing or undecodable `join_request`: 400.
+    #[error(transparent)]
+    JoinRequest(#[from] join_request::JoinRequestError),
 }
 
 impl IntoResponse for ConnectError {
@@ -35,6 +40,7 @@ impl IntoResponse for ConnectError {
         let status = match self {
             ConnectError::Auth(_) => StatusCode::UNAUTHORIZED,
             ConnectError::NoRoom => StatusCode::NOT_FOUND,
+            ConnectError::JoinRequest(_) => StatusCode::BAD_REQUEST,
         };
         (status, cors(), self.to_string()).into_response()
     }
@@ -117,6 +123,9 @@ pub async fn rtc(
             .get("client_protocol")
             .and_then(|p| p.parse().ok())
             .unwrap_or(0),
+        reconnect: flag(&query, "reconnect", false),
+        single_pc: false,
+        initial: None,
     };
     let max = state.settings.rtc.max_signal_message_bytes;
     ws.max_message_size(max)
@@ -136,12 +145,76 @@ pub async fn validate(
     }
 }
 
-/// `/rtc/v1` and `/rtc/v1/validate`: 404 with CORS, so SDKs fall back to `/rtc`.
-pub async fn v1_not_offered() -> Response {
+fn v1_not_offered() -> Response {
     (
         StatusCode::NOT_FOUND,
         cors(),
         "single peer connection mode not offered",
     )
         .into_response()
+}
+
+fn authorise_v1(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<(JoinGrant, livekit_protocol::JoinRequest), ConnectError> {
+    let grant = authorise(state, headers, query)?;
+    let jr = join_request::decode(query.get("join_request").map_or("", String::as_str))?;
+    Ok((grant, jr))
+}
+
+/// `GET /rtc/v1`: single-peer-connection signalling (WebSocket upgrade after the token and
+/// `join_request` checks); 404 when `rtc.v1_enabled` is off.
+pub async fn rtc_v1(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if !state.settings.rtc.v1_enabled {
+        return v1_not_offered();
+    }
+    let (grant, jr) = match authorise_v1(&state, &headers, &query) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::info!(error = %e, "connect refused");
+            return e.into_response();
+        }
+    };
+    let Ok(ws) = ws else {
+        return (StatusCode::NOT_FOUND, "websocket upgrade expected").into_response();
+    };
+    let info = jr.client_info.clone().unwrap_or_default();
+    let opts = session::ConnectOptions {
+        auto_subscribe: jr
+            .connection_settings
+            .as_ref()
+            .map(|c| c.auto_subscribe)
+            .unwrap_or(true),
+        protocol: info.protocol,
+        client_protocol: info.client_protocol,
+        reconnect: jr.reconnect,
+        single_pc: true,
+        initial: Some(jr),
+    };
+    let max = state.settings.rtc.max_signal_message_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| session::run(state, socket, grant, opts))
+}
+
+/// `GET /rtc/v1/validate`: the checks of `/rtc/v1`, `200 success` when they pass.
+pub async fn validate_v1(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if !state.settings.rtc.v1_enabled {
+        return v1_not_offered();
+    }
+    match authorise_v1(&state, &headers, &query) {
+        Ok(_) => (StatusCode::OK, cors(), "success").into_response(),
+        Err(e) => e.into_response(),
+    }
 }

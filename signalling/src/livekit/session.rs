@@ -14,7 +14,8 @@ use prost::Message as _;
 use proto::signal_request::Message as Req;
 use proto::signal_response::Message as Resp;
 use switchboard_sfu::{
-    JoinParams, ParticipantId, PeerRole, PendingTrack, SfuEvent, SfuHandle, TrackId, TrackKind,
+    JoinParams, ParticipantId, PcLayout, PeerRole, PendingTrack, SfuEvent, SfuHandle, TrackId,
+    TrackKind,
 };
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -44,6 +45,12 @@ pub struct ConnectOptions {
     pub protocol: i32,
     /// `client_protocol`.
     pub client_protocol: i32,
+    /// `reconnect=1`: the client asks to resume a session.
+    pub reconnect: bool,
+    /// `/rtc/v1`: one peer connection, the client always offers.
+    pub single_pc: bool,
+    /// `/rtc/v1`'s `JoinRequest` (tracks to add, the bundled publisher offer).
+    pub initial: Option<proto::JoinRequest>,
 }
 
 /// A track the client announced with `add_track`, before and after its media arrives.
@@ -148,6 +155,18 @@ async fn run_inner(
     let end = if send(&mut ws_tx, join).await.is_err() {
         End::Client
     } else {
+        let initial = s.opts.initial.take();
+        if let Some(jr) = initial {
+            for add in jr.add_track_requests {
+                s.add_track(add, &mut ws_tx).await;
+            }
+            if let Some(offer) = jr.publisher_offer {
+                let req = proto::SignalRequest {
+                    message: Some(Req::Offer(offer)),
+                };
+                s.request(req, &mut ws_tx).await;
+            }
+        }
         if let Some(t) = token::refresh(&s.grant, &state.settings.keys) {
             let _ = send(&mut ws_tx, Resp::RefreshToken(t)).await;
         }
@@ -322,24 +341,36 @@ impl Session {
             last_reliable_seq: 0,
             malformed: Arc::new(AtomicU64::new(0)),
         };
-        let subscriber_pc = self.perms.can_subscribe;
+        let layout = if self.opts.single_pc {
+            PcLayout::Single
+        } else if self.perms.can_subscribe {
+            PcLayout::Dual
+        } else {
+            PcLayout::PublishOnly
+        };
         if let Err(e) = self.sfu().join(JoinParams {
             participant: pid,
             room: self.room.as_str().into(),
             identity: c.sub.as_str().into(),
             events: sfu_events,
             data_router: Box::new(router),
-            subscriber_pc,
+            layout,
         }) {
             tracing::error!(error = %e, "media plane unavailable");
         }
-        tracing::info!(identity = %c.sub, "participant joined");
+        tracing::info!(
+            identity = %c.sub,
+            path = if self.opts.single_pc { "/rtc/v1" } else { "/rtc" },
+            protocol = self.opts.protocol,
+            "participant joined"
+        );
         Resp::Join(proto::JoinResponse {
             room: Some(room_info),
             participant: Some(info),
             other_participants: others,
             server_version: SERVER_VERSION.into(),
-            subscriber_primary: subscriber_pc,
+            subscriber_primary: layout == PcLayout::Dual,
+            fast_publish: layout == PcLayout::Single && self.perms.can_publish,
             client_configuration: Some(proto::ClientConfiguration {
                 resume_connection: proto::ClientConfigSetting::Disabled as i32,
                 ..Default::default()
@@ -662,43 +693,35 @@ impl Session {
         S: SinkExt<Message> + Unpin,
     {
         match ev {
-            SfuEvent::Answer { sdp, .. } => {
+            SfuEvent::Answer {
+                sdp, mid_to_track, ..
+            } => {
                 let id = self.offer_ids.pop_front().unwrap_or(0);
                 let sd = proto::SessionDescription {
                     r#type: "answer".into(),
                     sdp,
                     id,
-                    ..Default::default()
+                    mid_to_track_id: self.track_sids(&mid_to_track),
                 };
                 let _ = ws.send(encode(Resp::Answer(sd))).await;
             }
             SfuEvent::Offer { sdp, mid_to_track } => {
                 let id = self.next_offer_id;
                 self.next_offer_id += 1;
-                let map = self
-                    .state
-                    .registry
-                    .with_room(&self.room, |room| {
-                        mid_to_track
-                            .iter()
-                            .filter_map(|(mid, t)| {
-                                room.members.values().find_map(|m| {
-                                    m.track_ids
-                                        .iter()
-                                        .find(|(_, id)| *id == t)
-                                        .map(|(sid, _)| (mid.clone(), sid.clone()))
-                                })
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
                 let sd = proto::SessionDescription {
                     r#type: "offer".into(),
                     sdp,
                     id,
-                    mid_to_track_id: map,
+                    mid_to_track_id: self.track_sids(&mid_to_track),
                 };
                 let _ = ws.send(encode(Resp::Offer(sd))).await;
+            }
+            SfuEvent::NeedOffer { audio, video } => {
+                let req = proto::MediaSectionsRequirement {
+                    num_audios: audio,
+                    num_videos: video,
+                };
+                let _ = ws.send(encode(Resp::MediaSectionsRequirement(req))).await;
             }
             SfuEvent::NegotiationFailed { role, reason } => {
                 tracing::warn!(?role, %reason, "negotiation failed");
@@ -709,7 +732,7 @@ impl Session {
             SfuEvent::TrackLive { track, mime } => self.track_live(track, mime),
             SfuEvent::TrackEnded { track } => self.track_ended(track),
             SfuEvent::Connected { role } => {
-                let primary = if self.perms.can_subscribe {
+                let primary = if self.perms.can_subscribe && !self.opts.single_pc {
                     PeerRole::Subscriber
                 } else {
                     PeerRole::Publisher
@@ -726,12 +749,41 @@ impl Session {
                     });
                 }
             }
-            SfuEvent::Failed { reason, .. } => {
+            SfuEvent::Failed {
+                reason, by_peer, ..
+            } => {
+                if by_peer {
+                    tracing::info!(%reason, "client closed its peer connection");
+                    return Some(End::Client);
+                }
                 tracing::info!(%reason, "media failed");
                 return Some(End::Server(proto::DisconnectReason::MediaFailure));
             }
         }
         None
+    }
+
+    /// `mid → TR_ sid` for `SessionDescription.mid_to_track_id`.
+    fn track_sids(&self, mid_to_track: &[(String, TrackId)]) -> HashMap<String, String> {
+        if mid_to_track.is_empty() {
+            return HashMap::new();
+        }
+        self.state
+            .registry
+            .with_room(&self.room, |room| {
+                mid_to_track
+                    .iter()
+                    .filter_map(|(mid, t)| {
+                        room.members.values().find_map(|m| {
+                            m.track_ids
+                                .iter()
+                                .find(|(_, id)| *id == t)
+                                .map(|(sid, _)| (mid.clone(), sid.clone()))
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// A published track's first packet arrived: announce it, then let everyone subscribe.

@@ -1,0 +1,167 @@
+//! Component tests of the single-peer-connection layout (LiveKit `/rtc/v1`): the client always
+//! offers; subscribed tracks go out on its receive-only sections.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind};
+use switchboard_sfu::{PcLayout, PendingTrack, SfuEvent, TrackId, TrackKind};
+
+fn section_of<'a>(sdp: &'a str, mid: &str) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    let mut cur: Vec<&str> = Vec::new();
+    for l in sdp.lines() {
+        if l.starts_with("m=") {
+            if cur.contains(&format!("a=mid:{mid}").as_str()) {
+                out = cur.clone();
+            }
+            cur.clear();
+        }
+        cur.push(l);
+    }
+    if cur.contains(&format!("a=mid:{mid}").as_str()) {
+        out = cur;
+    }
+    out
+}
+
+#[test]
+fn subscribed_track_rides_a_receive_only_section_with_livekit_msid() {
+    let sfu = start_sfu();
+    let mut publisher = Peer::new(&sfu, "room", "alice", PcLayout::Single, |c| c, None);
+    let mut viewer = Peer::new(&sfu, "room", "bob", PcLayout::Single, |c| c, None);
+
+    // The viewer pre-creates one receive-only video section (as the SDKs do) and connects.
+    let mut recv_mid = None;
+    let answer = viewer.negotiate(
+        &sfu,
+        |api| {
+            recv_mid = Some(api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None));
+            api.add_channel("_reliable".into());
+        },
+        vec![],
+    );
+    let recv_mid = recv_mid.expect("section added");
+    let unused = section_of(&answer, &recv_mid.to_string());
+    assert!(
+        unused.contains(&"a=inactive"),
+        "unused section answered inactive: {unused:?}"
+    );
+
+    // The publisher publishes a video track.
+    let tv = TrackId::next();
+    let mids = publisher.publish(
+        &sfu,
+        &[(
+            MediaKind::Video,
+            "cid-v",
+            PendingTrack {
+                track: tv,
+                cid: "cid-v".into(),
+                kind: TrackKind::Video,
+                rids: vec![],
+            },
+        )],
+    );
+    let pv = publisher.pt_of(Codec::Vp8);
+    let mut seq = 1u64;
+    loop {
+        publisher.write(mids[0], pv, seq, seq as u32 * 3000, &VP8_KEYFRAME, true);
+        seq += 1;
+        publisher.pump(Duration::from_millis(20));
+        viewer.pump(Duration::from_millis(1));
+        if matches!(publisher.events.try_recv(), Ok(SfuEvent::TrackLive { .. })) {
+            break;
+        }
+        assert!(seq < 300, "track never went live");
+    }
+
+    // Subscribing asks the viewer for a new offer; the answer carries the track.
+    sfu.subscribe(viewer.id, tv, "PA_alice|TR_v".into(), "TR_v".into())
+        .unwrap();
+    loop {
+        match viewer.next_event(&mut [&mut publisher]) {
+            SfuEvent::NeedOffer { audio: 0, video: 0 } => break,
+            SfuEvent::NeedOffer { audio, video } => {
+                panic!("free section exists, asked for {audio}/{video}")
+            }
+            _ => {}
+        }
+    }
+    // Re-offer. A browser's transceiver stays `recvonly` after an `inactive` answer; the str0m
+    // client adopts `inactive`, so set it back as a browser would offer it.
+    let answer = viewer.negotiate(
+        &sfu,
+        |api| {
+            api.set_direction(recv_mid, Direction::RecvOnly);
+        },
+        vec![],
+    );
+    let carried = section_of(&answer, &recv_mid.to_string());
+    assert!(carried.contains(&"a=sendonly"), "{carried:?}");
+    assert!(
+        carried.contains(&"a=msid:PA_alice|TR_v TR_v"),
+        "{carried:?}"
+    );
+
+    for _ in 0..100 {
+        let vp8: &[u8] = if seq % 20 == 0 {
+            &VP8_KEYFRAME
+        } else {
+            &VP8_DELTA
+        };
+        publisher.write(mids[0], pv, seq, seq as u32 * 3000, vp8, true);
+        seq += 1;
+        publisher.pump(Duration::from_millis(10));
+        viewer.pump(Duration::from_millis(10));
+    }
+    assert!(
+        viewer.received.len() > 20,
+        "viewer received {} packets",
+        viewer.received.len()
+    );
+}
+
+#[test]
+fn subscription_without_free_section_asks_for_more() {
+    let sfu = start_sfu();
+    let mut publisher = Peer::new(&sfu, "room", "alice", PcLayout::Single, |c| c, None);
+    let mut viewer = Peer::new(&sfu, "room", "bob", PcLayout::Single, |c| c, None);
+    viewer.negotiate(
+        &sfu,
+        |api| {
+            api.add_channel("_reliable".into());
+        },
+        vec![],
+    );
+    let ta = TrackId::next();
+    let mids = publisher.publish(
+        &sfu,
+        &[(
+            MediaKind::Audio,
+            "cid-a",
+            PendingTrack {
+                track: ta,
+                cid: "cid-a".into(),
+                kind: TrackKind::Audio,
+                rids: vec![],
+            },
+        )],
+    );
+    let pa = publisher.pt_of(Codec::Opus);
+    for seq in 1..30u64 {
+        publisher.write(mids[0], pa, seq, seq as u32 * 960, &[0xfc, 1], false);
+        publisher.pump(Duration::from_millis(10));
+    }
+    sfu.subscribe(viewer.id, ta, "PA_alice|TR_a".into(), "TR_a".into())
+        .unwrap();
+    loop {
+        if let SfuEvent::NeedOffer { audio, video } = viewer.next_event(&mut [&mut publisher]) {
+            assert_eq!((audio, video), (1, 0));
+            break;
+        }
+    }
+}
