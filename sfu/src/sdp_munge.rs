@@ -94,7 +94,7 @@ pub(crate) fn recv_slots(offer: &str) -> Vec<RecvSlot> {
     media
         .iter()
         .filter(|s| !is_rejected(s))
-        .filter(|s| s.iter().any(|l| *l == "a=recvonly"))
+        .filter(|s| s.contains(&"a=recvonly"))
         .filter_map(|s| {
             Some(RecvSlot {
                 mid: mid_of(s)?.to_string(),

@@ -113,7 +113,7 @@ fn publisher_payload_types_are_renumbered_for_the_subscriber() {
     // Send for 2 s (a keyframe every 25 packets) and check every packet carries the
     // subscriber's numbers.
     for seq in 1000u64..1100 {
-        let vp8: &[u8] = if seq % 25 == 0 {
+        let vp8: &[u8] = if seq.is_multiple_of(25) {
             &VP8_KEYFRAME
         } else {
             &VP8_DELTA

@@ -108,7 +108,7 @@ fn subscribed_track_rides_a_receive_only_section_with_livekit_msid() {
     );
 
     for _ in 0..100 {
-        let vp8: &[u8] = if seq % 20 == 0 {
+        let vp8: &[u8] = if seq.is_multiple_of(20) {
             &VP8_KEYFRAME
         } else {
             &VP8_DELTA

@@ -195,34 +195,39 @@ mod tests {
         );
     }
 
+    /// Signs arbitrary claims (for tokens `AccessToken` refuses to mint).
+    fn forge(claims: serde_json::Value) -> String {
+        // Minting once installs the HMAC provider jsonwebtoken needs.
+        token("devkey", "secret", join("r"), Duration::from_secs(60));
+        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"secret"),
+        )
+        .expect("HS256 signing")
+    }
+
     #[test]
     fn expired_token_is_refused() {
-        let mut claims_token = AccessToken::with_api_key("devkey", "secret")
-            .with_identity("a")
-            .with_grants(join("r"))
-            .with_ttl(Duration::from_secs(1));
-        // Force an expiry well past the 60 s leeway.
-        claims_token = claims_token.with_ttl(Duration::ZERO);
-        let jwt = claims_token.to_jwt().unwrap();
-        let parts: Vec<&str> = jwt.split('.').collect();
-        let mut payload: serde_json::Value = serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(parts[1])
-                .unwrap(),
-        )
-        .unwrap();
-        payload["exp"] = serde_json::json!(1_000_000);
-        payload["nbf"] = serde_json::json!(0);
-        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-        let forged = jsonwebtoken::encode(
-            &header,
-            &payload,
-            &jsonwebtoken::EncodingKey::from_secret(b"secret"),
-        );
-        let expired = forged.expect("livekit-token installed the HMAC provider in to_jwt");
+        let t = forge(serde_json::json!({
+            "iss": "devkey", "sub": "a", "nbf": 0, "exp": 1_000_000,
+            "video": {"roomJoin": true, "room": "r"}
+        }));
         assert_eq!(
-            verify_join(&expired, &keys()).unwrap_err(),
+            verify_join(&t, &keys()).unwrap_err(),
             AuthError::Invalid("token expired".into())
+        );
+    }
+
+    #[test]
+    fn token_without_exp_is_refused() {
+        let t = forge(serde_json::json!({
+            "iss": "devkey", "sub": "a", "video": {"roomJoin": true, "room": "r"}
+        }));
+        assert_eq!(
+            verify_join(&t, &keys()).unwrap_err(),
+            AuthError::Invalid("missing claim exp".into())
         );
     }
 
@@ -238,8 +243,20 @@ mod tests {
 
     #[test]
     fn token_without_room_is_refused() {
-        let t = token("devkey", "secret", join(""), Duration::from_secs(60));
+        let t = forge(serde_json::json!({
+            "iss": "devkey", "sub": "a", "exp": 4_000_000_000u64,
+            "video": {"roomJoin": true, "room": ""}
+        }));
         assert_eq!(verify_join(&t, &keys()).unwrap_err(), AuthError::NoRoom);
+    }
+
+    #[test]
+    fn token_without_identity_is_refused() {
+        let t = forge(serde_json::json!({
+            "iss": "devkey", "exp": 4_000_000_000u64,
+            "video": {"roomJoin": true, "room": "r"}
+        }));
+        assert_eq!(verify_join(&t, &keys()).unwrap_err(), AuthError::NoIdentity);
     }
 
     #[test]

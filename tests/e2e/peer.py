@@ -226,6 +226,50 @@ def analyse_audio(pcm: np.ndarray) -> dict:
     }
 
 
+def note_cryptors(room: rtc.Room, result: dict) -> None:
+    """Add the room's current frame cryptors to result["frame_cryptors"] (every cryptor seen
+    at some point, since a remote one goes away when its participant leaves)."""
+    seen = {(c["identity"], c["track_sid"]): c for c in result.setdefault("frame_cryptors", [])}
+    for c in room.e2ee_manager.frame_cryptors():
+        seen[(c.participant_identity, c.track_sid)] = {
+            "identity": c.participant_identity, "track_sid": c.track_sid,
+            "key_index": c.key_index, "enabled": c.enabled}
+    result["frame_cryptors"] = list(seen.values())
+
+
+async def watch_cryptors(room: rtc.Room, result: dict, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        if room.isconnected():
+            note_cryptors(room, result)
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def rtp_stats(room: rtc.Room) -> dict:
+    """Per-SSRC inbound/outbound RTP counters from libwebrtc (both peer connections)."""
+    st = await room.get_rtc_stats()
+    out: dict = {"inbound": [], "outbound": []}
+    for s in list(st.publisher_stats) + list(st.subscriber_stats):
+        which = s.WhichOneof("stats")
+        if which == "inbound_rtp":
+            r = s.inbound_rtp
+            out["inbound"].append({
+                "kind": r.stream.kind, "ssrc": r.stream.ssrc, "track": r.inbound.track_identifier,
+                "packets_received": r.received.packets_received, "packets_lost": r.received.packets_lost,
+                "bytes_received": r.inbound.bytes_received, "frames_decoded": r.inbound.frames_decoded,
+                "nack_count": r.inbound.nack_count, "pli_count": r.inbound.pli_count,
+            })
+        elif which == "outbound_rtp":
+            r = s.outbound_rtp
+            out["outbound"].append({
+                "kind": r.stream.kind, "ssrc": r.stream.ssrc,
+                "packets_sent": r.sent.packets_sent, "bytes_sent": r.sent.bytes_sent,
+            })
+    return out
+
+
 # ------------------------------------------------------------------------------ main --
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -366,6 +410,8 @@ async def run(args: argparse.Namespace, result: dict) -> int:
             tasks.append(asyncio.ensure_future(publish_audio(room, args, result, stop)))
         if args.video:
             tasks.append(asyncio.ensure_future(publish_video(room, args, result, stop)))
+        if args.e2ee_key is not None:
+            tasks.append(asyncio.ensure_future(watch_cryptors(room, result, stop)))
 
         deadline_base = time.monotonic()
         if args.wait_for:
@@ -405,11 +451,12 @@ async def run(args: argparse.Namespace, result: dict) -> int:
                 raise t.exception()
     finally:
         if room.isconnected() and args.e2ee_key is not None:
-            result["frame_cryptors"] = [
-                {"identity": c.participant_identity, "track_sid": c.track_sid,
-                 "key_index": c.key_index, "enabled": c.enabled}
-                for c in room.e2ee_manager.frame_cryptors()
-            ]
+            note_cryptors(room, result)
+        if room.isconnected():
+            try:
+                result["rtp_stats"] = await asyncio.wait_for(rtp_stats(room), 5)
+            except BaseException as e:  # noqa: BLE001 - diagnostics only
+                result["rtp_stats_error"] = f"{type(e).__name__}: {e}"
         stop.set()
         if tasks:
             done, pending = await asyncio.wait(tasks, timeout=10)
@@ -449,4 +496,10 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    rc = main(sys.argv[1:])
+    # The result is written and the room left. Skip interpreter finalisation: tearing down
+    # liblivekit_ffi's runtime at exit sometimes aborts the process ("panic in a function
+    # that cannot unwind", SIGABRT) with livekit 1.2.1, which says nothing about the server.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)

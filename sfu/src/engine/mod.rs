@@ -417,11 +417,11 @@ impl Engine {
             Event::MediaAdded(added) if role == PeerRole::Publisher => {
                 self.bind_media(key, added.mid, added.kind);
             }
-            Event::MediaChanged(changed) if role == PeerRole::Publisher => {
-                if !changed.direction.is_receiving() {
-                    if let Some(track) = session.mid_tracks.get(&changed.mid).copied() {
-                        self.end_track(track);
-                    }
+            Event::MediaChanged(changed)
+                if role == PeerRole::Publisher && !changed.direction.is_receiving() =>
+            {
+                if let Some(track) = session.mid_tracks.get(&changed.mid).copied() {
+                    self.end_track(track);
                 }
             }
             Event::KeyframeRequest(req) => {

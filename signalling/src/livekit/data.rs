@@ -98,6 +98,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(deprecated)] // checks the deprecated per-UserPacket copy too
     fn sender_identity_is_stamped_over_what_the_client_claims() {
         let out = router()
             .route(DataKind::Reliable, &user_packet(1, &[]))

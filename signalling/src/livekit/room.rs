@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 /// Messages from the room (other sessions) to one participant's session task.
 #[derive(Debug)]
 pub enum Inbox {
-    /// Send this to the client as is.
-    Signal(proto::signal_response::Message),
+    /// Send this to the client as is (boxed: the largest message is ~900 bytes).
+    Signal(Box<proto::signal_response::Message>),
     /// A track of another participant went live; subscribe if auto-subscribe is on. Always sent
     /// after the `ParticipantUpdate` that carries the track.
     TrackLive {
@@ -72,7 +72,9 @@ impl Room {
         for (pid, other) in &self.members {
             let is_self = *pid == who;
             if (is_self && include_self) || (!is_self && !hidden) {
-                let _ = other.inbox.send(Inbox::Signal(update(vec![info.clone()])));
+                let _ = other
+                    .inbox
+                    .send(Inbox::Signal(Box::new(update(vec![info.clone()]))));
             }
         }
     }
@@ -160,7 +162,7 @@ impl Registry {
             m.info.version += 1;
             m.info.tracks.clear();
             let info = m.info;
-            room.broadcast(None, || Inbox::Signal(update(vec![info.clone()])));
+            room.broadcast(None, || Inbox::Signal(Box::new(update(vec![info.clone()]))));
         }
         if room.members.is_empty() {
             rooms.remove(name);

@@ -196,7 +196,7 @@ async fn run_inner(
                 },
                 Some(msg) = inbox.recv() => match msg {
                     Inbox::Signal(m) => {
-                        if send(&mut ws_tx, m).await.is_err() {
+                        if send(&mut ws_tx, *m).await.is_err() {
                             break End::Client;
                         }
                     }
