@@ -30,6 +30,17 @@ pub struct ForwardedHeader {
     pub ts: u32,
 }
 
+/// The last packet an outgoing stream carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedState {
+    /// Extended sequence number.
+    pub seq: u64,
+    /// RTP timestamp.
+    pub ts: u32,
+    /// When it was forwarded.
+    pub at: Instant,
+}
+
 /// Rewrites one subscription's packets. See the module docs.
 #[derive(Debug)]
 pub struct Forwarder {
@@ -59,6 +70,21 @@ impl Forwarder {
             ts_offset: 0,
             last_out: None,
         }
+    }
+
+    /// A forwarder that continues an outgoing stream another forwarder wrote before (the same
+    /// SSRC reused for a new track): sequence numbers and timestamps go on from `last`.
+    pub fn continuing(video: bool, clock_rate: u32, last: ForwardedState) -> Self {
+        let mut f = Self::new(video, clock_rate, 0);
+        f.out_base = last.seq + 1;
+        f.last_out = Some((last.seq, last.ts, last.at));
+        f
+    }
+
+    /// Where the outgoing stream stands, if anything was forwarded.
+    pub fn state(&self) -> Option<ForwardedState> {
+        self.last_out
+            .map(|(seq, ts, at)| ForwardedState { seq, ts, at })
     }
 
     /// The layer being forwarded, if any.
@@ -175,6 +201,19 @@ mod tests {
                 .seq,
             h.seq + 1
         );
+    }
+
+    #[test]
+    fn continuing_forwarder_picks_up_where_the_last_one_stopped() {
+        let t = Instant::now();
+        let mut a = Forwarder::new(false, 48_000, 500);
+        a.forward(pkt(0, 10, 1000, false, t), 0).unwrap();
+        let last = a.state().unwrap();
+        let later = t + Duration::from_millis(100);
+        let mut b = Forwarder::continuing(false, 48_000, last);
+        let h = b.forward(pkt(0, 77_777, 123, false, later), 0).unwrap();
+        assert_eq!(h.seq, last.seq + 1);
+        assert_eq!(h.ts, 1000 + 4800);
     }
 
     #[test]

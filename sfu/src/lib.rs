@@ -24,7 +24,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 pub use codec::{is_keyframe_start, MediaCodec};
-pub use forwarder::{ForwardedHeader, Forwarder, LayerPacket};
+pub use forwarder::{ForwardedHeader, ForwardedState, Forwarder, LayerPacket};
 pub use ids::{ParticipantId, TrackId};
 pub use metrics::SfuMetrics;
 

@@ -14,6 +14,7 @@ use str0m::media::Mid;
 use str0m::rtp::Ssrc;
 use str0m::{Candidate, Rtc, RtcConfig};
 
+use crate::forwarder::ForwardedState;
 use crate::sdp_munge::RecvSlot;
 use crate::{DataKind, ParticipantId, PeerRole, PendingTrack, TrackId};
 
@@ -74,6 +75,9 @@ pub(crate) struct Session {
     pub reoffer_requested: bool,
     /// This session carries both directions (single-PC layout).
     pub single: bool,
+    /// Single-PC layout: where the outgoing stream of a section stopped when its subscription
+    /// ended, so a later track on the same section (same SSRC) continues it.
+    pub mid_state: HashMap<Mid, ForwardedState>,
 }
 
 impl Session {
@@ -135,6 +139,7 @@ impl Session {
             requested: (0, 0),
             reoffer_requested: false,
             single: false,
+            mid_state: HashMap::new(),
         }
     }
 

@@ -76,6 +76,21 @@ impl Engine {
         }
     }
 
+    /// After an ICE restart our local ufrag changes; STUN is routed by it.
+    pub(super) fn refresh_ufrag(&mut self, key: SessionKey) {
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let Ok(ufrag) = session.guard(|rtc| rtc.direct_api().local_ice_credentials().ufrag) else {
+            return;
+        };
+        if ufrag != session.ufrag {
+            self.by_ufrag.remove(&session.ufrag);
+            self.by_ufrag.insert(ufrag.clone(), key);
+            session.ufrag = ufrag;
+        }
+    }
+
     pub(super) fn new_session(&mut self, participant: ParticipantId, role: PeerRole) -> SessionKey {
         let key = SessionKey(self.next_session);
         self.next_session += 1;
@@ -196,6 +211,7 @@ impl Engine {
         }
         match session.guard(|rtc| rtc.sdp_api().accept_offer(offer)) {
             Ok(Ok(answer)) => {
+                self.refresh_ufrag(key);
                 let (sdp, mid_to_track) = if single {
                     self.answered_recv_slots(participant, key, answer.to_sdp_string())
                 } else {
@@ -350,6 +366,19 @@ impl Engine {
             p.subscribed.retain(|t| *t != track_id);
         }
         if let Some(s) = self.sessions.get_mut(&sub.session) {
+            if s.single {
+                // The section is answered inactive on the client's next offer, then reusable;
+                // a later track on it continues this outgoing stream.
+                if let Some(mid) = sub.mid {
+                    s.mid_subs.remove(&mid);
+                    if let Some(state) = sub.forwarder.state() {
+                        s.mid_state.insert(mid, state);
+                    }
+                    s.reoffer_requested = true;
+                    self.emit(participant, SfuEvent::NeedOffer { audio: 0, video: 0 });
+                }
+                return;
+            }
             s.queued
                 .retain(|c| !matches!(c, QueuedChange::Add { track, .. } if *track == track_id));
             if let Some(mid) = sub.mid {
@@ -581,6 +610,11 @@ impl Engine {
                 session.mid_subs.insert(mid, track);
                 sub.mid = Some(mid);
                 sub.ready = false;
+                if let Some(last) = session.mid_state.get(&mid) {
+                    let video = kind == SectionKind::Video;
+                    let clock = if video { 90_000 } else { 48_000 };
+                    sub.forwarder = Forwarder::continuing(video, clock, *last);
+                }
             }
         }
         let keep: Vec<String> = session.mid_subs.keys().map(|m| m.to_string()).collect();
