@@ -239,3 +239,124 @@ fn answer_puts_constrained_baseline_first_among_h264_profiles() {
         .expect("fmtp of first payload type");
     assert!(fmtp.contains("42e01f"), "first: {fmtp}\n{answer}");
 }
+
+#[test]
+fn simulcast_forwards_highest_flowing_layer_and_falls_back_on_keyframe() {
+    use str0m::media::{Direction, Simulcast, SimulcastLayer};
+    let sfu = start_sfu();
+    let mut publisher = Peer::new(&sfu, "room", "alice", PcLayout::PublishOnly, |c| c, None);
+    let mut subscriber = Peer::new(&sfu, "room", "bob", PcLayout::Dual, |c| c, None);
+    subscriber.accept_next_offer(&sfu, &mut [&mut publisher]);
+    let tv = TrackId::next();
+    let rids = ["q", "h", "f"];
+    let mut mid = None;
+    publisher.negotiate(
+        &sfu,
+        |api| {
+            let sim = Simulcast {
+                send: rids.iter().map(|r| SimulcastLayer::new(r)).collect(),
+                recv: vec![],
+            };
+            mid = Some(api.add_media(
+                MediaKind::Video,
+                Direction::SendOnly,
+                Some("s".into()),
+                Some("cid-v".into()),
+                Some(sim),
+            ));
+        },
+        vec![PendingTrack {
+            track: tv,
+            cid: "cid-v".into(),
+            kind: TrackKind::Video,
+            rids: rids.iter().map(|r| r.to_string()).collect(),
+        }],
+    );
+    let mid = mid.unwrap();
+    let pv = publisher.pt_of(Codec::Vp8);
+    // Payload: VP8 keyframe or delta, last byte = layer index, so the receiver can tell.
+    let payload = |layer: u8, key: bool| {
+        let mut p = if key {
+            VP8_KEYFRAME.to_vec()
+        } else {
+            VP8_DELTA.to_vec()
+        };
+        p.push(layer);
+        p
+    };
+    let mut seq = [1u64; 3];
+    let mut send = |publisher: &mut Peer, layers: &[u8], key: bool| {
+        for &l in layers {
+            let s = seq[usize::from(l)];
+            seq[usize::from(l)] += 1;
+            let rid = str0m::media::Rid::from(rids[usize::from(l)]);
+            let mut api = publisher.rtc.direct_api();
+            let tx = api.stream_tx_by_mid(mid, Some(rid)).expect("layer stream");
+            tx.write_rtp(
+                str0m::rtp::RtpWrite::new(
+                    pv,
+                    s.into(),
+                    s as u32 * 3000,
+                    std::time::Instant::now(),
+                    payload(l, key),
+                )
+                .marker(true),
+            );
+        }
+    };
+    // All three layers flow until the track is live, then subscribe.
+    let mut n = 0u32;
+    loop {
+        send(&mut publisher, &[0, 1, 2], n.is_multiple_of(10));
+        n += 1;
+        publisher.pump(Duration::from_millis(10));
+        subscriber.pump(Duration::from_millis(1));
+        if matches!(publisher.events.try_recv(), Ok(SfuEvent::TrackLive { .. })) {
+            break;
+        }
+        assert!(n < 300, "track never went live");
+    }
+    sfu.subscribe(subscriber.id, tv, "PA_a|TR_v".into(), "TR_v".into())
+        .unwrap();
+    subscriber.accept_next_offer(&sfu, &mut [&mut publisher]);
+    for i in 0..100u32 {
+        send(&mut publisher, &[0, 1, 2], i.is_multiple_of(10));
+        publisher.pump(Duration::from_millis(10));
+        subscriber.pump(Duration::from_millis(10));
+    }
+    let got: Vec<u8> = subscriber
+        .received
+        .iter()
+        .filter_map(|p| p.payload.last().copied())
+        .collect();
+    assert!(!got.is_empty(), "nothing forwarded");
+    assert!(
+        got.iter().all(|l| *l == 2),
+        "only the top layer while it flows: {got:?}"
+    );
+    let before = subscriber.received.len();
+    // The top layer stops; after it goes stale the middle layer takes over at a keyframe.
+    for i in 0..250u32 {
+        send(&mut publisher, &[0, 1], i.is_multiple_of(10));
+        publisher.pump(Duration::from_millis(10));
+        subscriber.pump(Duration::from_millis(10));
+    }
+    let after: Vec<&str0m::rtp::RtpPacket> = subscriber.received[before..].iter().collect();
+    assert!(
+        after.iter().any(|p| p.payload.last() == Some(&1)),
+        "middle layer never forwarded"
+    );
+    assert!(
+        after.iter().all(|p| p.payload.last() != Some(&0)),
+        "dropped below the best flowing layer"
+    );
+    // One outgoing stream: sequence numbers stay contiguous across the switch.
+    let seqs: Vec<u64> = subscriber.received.iter().map(|p| *p.seq_no).collect();
+    for w in seqs.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "gap or reorder in forwarded sequence numbers"
+        );
+    }
+}
