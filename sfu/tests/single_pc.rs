@@ -247,3 +247,118 @@ fn unsubscribing_frees_the_section_for_the_next_track_without_a_server_offer() {
         "no packet of the second track arrived"
     );
 }
+
+#[test]
+fn single_pc_subscriber_gets_its_own_payload_types_and_answer_uses_only_offered_ones() {
+    use str0m::format::FormatParams;
+    use str0m::media::Frequency;
+    let firefox_pts = |cfg: str0m::RtcConfig| {
+        let mut cfg = cfg.clear_codecs();
+        let c = cfg.codec_config();
+        c.add_config(
+            109.into(),
+            None,
+            Codec::Opus,
+            Frequency::FORTY_EIGHT_KHZ,
+            Some(2),
+            FormatParams {
+                min_p_time: Some(10),
+                use_inband_fec: Some(true),
+                ..Default::default()
+            },
+        );
+        c.add_config(
+            120.into(),
+            Some(124.into()),
+            Codec::Vp8,
+            Frequency::NINETY_KHZ,
+            None,
+            FormatParams::default(),
+        );
+        cfg
+    };
+    let sfu = start_sfu();
+    let mut publisher = Peer::new(&sfu, "room", "alice", PcLayout::Single, |c| c, None);
+    let mut viewer = Peer::new(&sfu, "room", "bob", PcLayout::Single, firefox_pts, None);
+    let mut recv = Vec::new();
+    let first_answer = viewer.negotiate(
+        &sfu,
+        |api| {
+            recv.push(api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None));
+            recv.push(api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None));
+            api.add_channel("_reliable".into());
+        },
+        vec![],
+    );
+    for m_line in first_answer
+        .lines()
+        .filter(|l| l.starts_with("m=audio") || l.starts_with("m=video"))
+    {
+        for pt in m_line.split(' ').skip(3) {
+            assert!(
+                ["109", "120", "124"].contains(&pt),
+                "answer uses a payload type the offer did not have: {m_line}"
+            );
+        }
+    }
+    let (ta, tv) = (TrackId::next(), TrackId::next());
+    let pending = |t, cid: &str, kind| PendingTrack {
+        track: t,
+        cid: cid.into(),
+        kind,
+        rids: vec![],
+    };
+    let mids = publisher.publish(
+        &sfu,
+        &[
+            (MediaKind::Audio, "a", pending(ta, "a", TrackKind::Audio)),
+            (MediaKind::Video, "v", pending(tv, "v", TrackKind::Video)),
+        ],
+    );
+    let (pa, pv) = (publisher.pt_of(Codec::Opus), publisher.pt_of(Codec::Vp8));
+    assert_eq!((*pa, *pv), (111, 96));
+    let mut seq = 1u64;
+    let mut send = |publisher: &mut Peer, viewer: &mut Peer| {
+        let vp8: &[u8] = if seq.is_multiple_of(10) {
+            &VP8_KEYFRAME
+        } else {
+            &VP8_DELTA
+        };
+        publisher.write(mids[0], pa, seq, seq as u32 * 960, &[0xfc, 1], false);
+        publisher.write(mids[1], pv, seq, seq as u32 * 3000, vp8, true);
+        seq += 1;
+        publisher.pump(Duration::from_millis(10));
+        viewer.pump(Duration::from_millis(1));
+    };
+    for _ in 0..20 {
+        send(&mut publisher, &mut viewer);
+    }
+    sfu.subscribe(viewer.id, ta, "PA_a|TR_a".into(), "TR_a".into())
+        .unwrap();
+    sfu.subscribe(viewer.id, tv, "PA_a|TR_v".into(), "TR_v".into())
+        .unwrap();
+    loop {
+        if let SfuEvent::NeedOffer { .. } = viewer.next_event(&mut [&mut publisher]) {
+            break;
+        }
+    }
+    viewer.negotiate(
+        &sfu,
+        |api| {
+            for m in &recv {
+                api.set_direction(*m, Direction::RecvOnly);
+            }
+        },
+        vec![],
+    );
+    for _ in 0..100 {
+        send(&mut publisher, &mut viewer);
+        viewer.pump(Duration::from_millis(5));
+    }
+    let pts: std::collections::BTreeSet<u8> = viewer
+        .received
+        .iter()
+        .map(|p| *p.header.payload_type)
+        .collect();
+    assert_eq!(pts, [109u8, 120].into_iter().collect());
+}
