@@ -88,13 +88,17 @@ impl Room {
             .collect()
     }
 
-    /// Finds a live track by `TR_` sid: (publisher, publisher sid, SFU track id).
+    /// Finds a live track of a visible participant by `TR_` sid: (publisher, publisher sid,
+    /// SFU track id).
     pub fn find_track(&self, track_sid: &str) -> Option<(ParticipantId, String, TrackId)> {
-        self.members.iter().find_map(|(pid, m)| {
-            m.track_ids
-                .get(track_sid)
-                .map(|t| (*pid, m.info.sid.clone(), *t))
-        })
+        self.members
+            .iter()
+            .filter(|(_, m)| !m.hidden)
+            .find_map(|(pid, m)| {
+                m.track_ids
+                    .get(track_sid)
+                    .map(|t| (*pid, m.info.sid.clone(), *t))
+            })
     }
 }
 

@@ -401,7 +401,7 @@ impl Session {
             .with_room(&self.room, |room| {
                 room.members
                     .iter()
-                    .filter(|(p, _)| **p != pid)
+                    .filter(|(p, m)| **p != pid && !m.hidden)
                     .flat_map(|(_, m)| {
                         m.track_ids
                             .iter()
@@ -799,6 +799,7 @@ impl Session {
         let info = t.info.clone();
         let pid = self.pid;
         let psid = self.sid.clone();
+        let hidden = self.hidden;
         self.state.registry.with_room(&self.room, |room| {
             if let Some(m) = room.members.get_mut(&pid) {
                 m.info.tracks.retain(|x| x.sid != info.sid);
@@ -808,11 +809,14 @@ impl Session {
                 m.track_ids.insert(info.sid.clone(), track);
             }
             room.announce(pid, true);
-            room.broadcast(Some(pid), || Inbox::TrackLive {
-                track,
-                publisher_sid: psid.clone(),
-                track_sid: info.sid.clone(),
-            });
+            // A hidden participant's tracks are not offered: nobody knows its participant.
+            if !hidden {
+                room.broadcast(Some(pid), || Inbox::TrackLive {
+                    track,
+                    publisher_sid: psid.clone(),
+                    track_sid: info.sid.clone(),
+                });
+            }
         });
         tracing::info!(track = %info.sid, mime = %info.mime_type, "track published");
     }
