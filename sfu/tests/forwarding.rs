@@ -11,8 +11,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use str0m::format::{Codec, FormatParams};
-use str0m::media::{Frequency, MediaKind};
+use str0m::format::Codec;
+use str0m::media::MediaKind;
 use switchboard_sfu::{PcLayout, PendingTrack, SfuEvent, TrackId, TrackKind};
 
 fn pending(track: TrackId, cid: &str, kind: TrackKind) -> PendingTrack {
@@ -22,33 +22,6 @@ fn pending(track: TrackId, cid: &str, kind: TrackKind) -> PendingTrack {
         kind,
         rids: Vec::new(),
     }
-}
-
-/// Firefox's payload-type numbers.
-fn odd_pts(cfg: str0m::RtcConfig) -> str0m::RtcConfig {
-    let mut cfg = cfg.clear_codecs();
-    let c = cfg.codec_config();
-    c.add_config(
-        109.into(),
-        None,
-        Codec::Opus,
-        Frequency::FORTY_EIGHT_KHZ,
-        Some(2),
-        FormatParams {
-            min_p_time: Some(10),
-            use_inband_fec: Some(true),
-            ..Default::default()
-        },
-    );
-    c.add_config(
-        120.into(),
-        Some(124.into()),
-        Codec::Vp8,
-        Frequency::NINETY_KHZ,
-        None,
-        FormatParams::default(),
-    );
-    cfg
 }
 
 /// Publisher with one audio and one video track, live; returns (mids, track ids).
@@ -96,7 +69,14 @@ fn live_publisher(
 #[test]
 fn publisher_payload_types_are_renumbered_for_the_subscriber() {
     let sfu = start_sfu();
-    let mut publisher = Peer::new(&sfu, "room", "alice", PcLayout::PublishOnly, odd_pts, None);
+    let mut publisher = Peer::new(
+        &sfu,
+        "room",
+        "alice",
+        PcLayout::PublishOnly,
+        firefox_pts,
+        None,
+    );
     let mut subscriber = Peer::new(&sfu, "room", "bob", PcLayout::Dual, |c| c, None);
     subscriber.accept_next_offer(&sfu, &mut [&mut publisher]);
     let (mids, [ta, tv]) = live_publisher(&sfu, &mut publisher, &mut [&mut subscriber]);

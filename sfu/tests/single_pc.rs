@@ -250,33 +250,6 @@ fn unsubscribing_frees_the_section_for_the_next_track_without_a_server_offer() {
 
 #[test]
 fn single_pc_subscriber_gets_its_own_payload_types_and_answer_uses_only_offered_ones() {
-    use str0m::format::FormatParams;
-    use str0m::media::Frequency;
-    let firefox_pts = |cfg: str0m::RtcConfig| {
-        let mut cfg = cfg.clear_codecs();
-        let c = cfg.codec_config();
-        c.add_config(
-            109.into(),
-            None,
-            Codec::Opus,
-            Frequency::FORTY_EIGHT_KHZ,
-            Some(2),
-            FormatParams {
-                min_p_time: Some(10),
-                use_inband_fec: Some(true),
-                ..Default::default()
-            },
-        );
-        c.add_config(
-            120.into(),
-            Some(124.into()),
-            Codec::Vp8,
-            Frequency::NINETY_KHZ,
-            None,
-            FormatParams::default(),
-        );
-        cfg
-    };
     let sfu = start_sfu();
     let mut publisher = Peer::new(&sfu, "room", "alice", PcLayout::Single, |c| c, None);
     let mut viewer = Peer::new(&sfu, "room", "bob", PcLayout::Single, firefox_pts, None);

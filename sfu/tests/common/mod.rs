@@ -283,6 +283,35 @@ pub fn pump_until(
     }
 }
 
+/// Firefox's payload-type numbers: Opus 109, VP8 120 with RTX 124.
+pub fn firefox_pts(cfg: RtcConfig) -> RtcConfig {
+    use str0m::format::FormatParams;
+    use str0m::media::Frequency;
+    let mut cfg = cfg.clear_codecs();
+    let c = cfg.codec_config();
+    c.add_config(
+        109.into(),
+        None,
+        Codec::Opus,
+        Frequency::FORTY_EIGHT_KHZ,
+        Some(2),
+        FormatParams {
+            min_p_time: Some(10),
+            use_inband_fec: Some(true),
+            ..Default::default()
+        },
+    );
+    c.add_config(
+        120.into(),
+        Some(124.into()),
+        Codec::Vp8,
+        Frequency::NINETY_KHZ,
+        None,
+        FormatParams::default(),
+    );
+    cfg
+}
+
 /// A VP8 keyframe payload: descriptor S=1 PID=0, frame tag with P=0.
 pub const VP8_KEYFRAME: [u8; 12] = [
     0x10, 0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00, 0x00,

@@ -127,6 +127,16 @@ pub async fn rtc(
         single_pc: false,
         initial: None,
     };
+    upgrade(state, ws, grant, opts)
+}
+
+/// Upgrades to the signalling WebSocket, capped at `rtc.max_signal_message_bytes`.
+fn upgrade(
+    state: Arc<AppState>,
+    ws: WebSocketUpgrade,
+    grant: JoinGrant,
+    opts: session::ConnectOptions,
+) -> Response {
     let max = state.settings.rtc.max_signal_message_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
@@ -198,10 +208,7 @@ pub async fn rtc_v1(
         single_pc: true,
         initial: Some(jr),
     };
-    let max = state.settings.rtc.max_signal_message_bytes;
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| session::run(state, socket, grant, opts))
+    upgrade(state, ws, grant, opts)
 }
 
 /// `GET /rtc/v1/validate`: the checks of `/rtc/v1`, `200 success` when they pass.
