@@ -3,7 +3,7 @@
 //! [`Session::guard`], which contains a panic to this session (str0m panics on broken internal
 //! invariants by design).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
@@ -21,6 +21,10 @@ use crate::{DataKind, ParticipantId, PeerRole, PendingTrack, TrackId};
 /// Largest data-channel message accepted and sent (bytes). livekit-client caps a single
 /// `DataPacket` well below this; data streams chunk larger payloads.
 pub(crate) const SCTP_MAX_MESSAGE_BYTES: u32 = 256 * 1024;
+/// SCTP send buffer per session (bytes written but not yet acknowledged by the peer).
+pub(crate) const SCTP_SEND_BUFFER_BYTES: usize = 1024 * 1024;
+/// Reliable data queued per session beyond the SCTP buffer before messages are dropped (bytes).
+pub(crate) const MAX_DATA_BACKLOG_BYTES: usize = 4 * 1024 * 1024;
 
 /// Process-unique key of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,6 +79,9 @@ pub(crate) struct Session {
     pub reoffer_requested: bool,
     /// This session carries both directions (single-PC layout).
     pub single: bool,
+    /// Reliable data waiting for SCTP buffer space, oldest first, and its size in bytes.
+    pub data_backlog: VecDeque<(ChannelId, Vec<u8>)>,
+    pub data_backlog_bytes: usize,
     /// Single-PC layout: where the outgoing stream of a section stopped when its subscription
     /// ended, so a later track on the same section (same SSRC) continues it.
     pub mid_state: HashMap<Mid, ForwardedState>,
@@ -95,7 +102,8 @@ impl Session {
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
-            .set_sctp_max_message_size(SCTP_MAX_MESSAGE_BYTES);
+            .set_sctp_max_message_size(SCTP_MAX_MESSAGE_BYTES)
+            .set_sctp_max_buffered_amount(SCTP_SEND_BUFFER_BYTES);
         {
             let codecs = cfg.codec_config();
             // Steer H.264 publishers to Constrained Baseline: every subscriber can decode it.
@@ -140,6 +148,8 @@ impl Session {
             reoffer_requested: false,
             single: false,
             mid_state: HashMap::new(),
+            data_backlog: VecDeque::new(),
+            data_backlog_bytes: 0,
         }
     }
 

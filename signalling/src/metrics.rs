@@ -94,6 +94,12 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     );
     counter(
         &mut reg,
+        "data_dropped_messages",
+        "Data-channel messages not delivered (buffer full, backlog over cap, channel gone)",
+        SfuMetrics::count(&m.data_dropped),
+    );
+    counter(
+        &mut reg,
         "session_panics",
         "WebRTC sessions ended by a contained panic",
         SfuMetrics::count(&m.session_panics),

@@ -2,6 +2,7 @@
 //! keyframe requests, and data-channel relay.
 
 use super::*;
+use crate::session::{MAX_DATA_BACKLOG_BYTES, SCTP_SEND_BUFFER_BYTES};
 
 impl Engine {
     /// Binds a media section the client offers for sending to one of its pending tracks: by
@@ -242,6 +243,7 @@ impl Engine {
         let Some(members) = self.rooms.get(&room) else {
             return;
         };
+        let mut to_flush = Vec::new();
         for pid in members {
             if *pid == from {
                 continue;
@@ -272,17 +274,61 @@ impl Engine {
                 continue;
             };
             if let Some(s) = self.sessions.get_mut(&key) {
-                let _ = s.guard(|rtc| {
-                    if let Some(mut ch) = rtc.channel(channel) {
-                        if !matches!(ch.write(true, &routed.payload), Ok(true)) {
-                            tracing::debug!("data message dropped: channel buffer full");
-                        }
+                let queued = s.data_backlog_bytes + routed.payload.len();
+                if kind == DataKind::Reliable && queued <= MAX_DATA_BACKLOG_BYTES {
+                    s.data_backlog_bytes = queued;
+                    s.data_backlog.push_back((channel, routed.payload.clone()));
+                    to_flush.push(key);
+                } else if kind == DataKind::Lossy && s.data_backlog.is_empty() {
+                    let sent = s.guard(|rtc| {
+                        rtc.channel(channel).is_some_and(|mut ch| {
+                            matches!(ch.write(true, &routed.payload), Ok(true))
+                        })
+                    });
+                    if !matches!(sent, Ok(true)) {
+                        SfuMetrics::inc(&self.metrics.data_dropped);
                     }
-                });
-                self.dirty.push(key);
+                    self.dirty.push(key);
+                } else {
+                    SfuMetrics::inc(&self.metrics.data_dropped);
+                }
             }
+        }
+        for key in to_flush {
+            self.flush_data(key);
         }
     }
 
-    // ---------------------------------------------------------------- commands
+    /// Writes a session's queued reliable data until SCTP's send buffer is full; the rest goes
+    /// when str0m reports the buffer drained (`ChannelBufferedAmountLow`).
+    pub(super) fn flush_data(&mut self, key: SessionKey) {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        while let Some((channel, payload)) = s.data_backlog.pop_front() {
+            let outcome = s.guard(|rtc| match rtc.channel(channel) {
+                Some(mut ch) => match ch.write(true, &payload) {
+                    Ok(true) => Some(true),
+                    Ok(false) => {
+                        ch.set_buffered_amount_low_threshold(SCTP_SEND_BUFFER_BYTES / 2);
+                        Some(false)
+                    }
+                    Err(_) => None,
+                },
+                None => None,
+            });
+            match outcome {
+                // Buffer full: keep the message first in line until the buffer drains.
+                Ok(Some(false)) => {
+                    s.data_backlog.push_front((channel, payload));
+                    break;
+                }
+                Ok(Some(true)) => {}
+                // Channel gone or message refused: drop it.
+                Ok(None) | Err(_) => SfuMetrics::inc(&self.metrics.data_dropped),
+            }
+            s.data_backlog_bytes -= payload.len();
+        }
+        self.dirty.push(key);
+    }
 }

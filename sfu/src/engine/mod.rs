@@ -445,6 +445,7 @@ impl Engine {
                     DataKind::Lossy => session.lossy = Some(id),
                 }
             }
+            Event::ChannelBufferedAmountLow(_) => self.flush_data(key),
             Event::ChannelClose(id) => {
                 if let Some(kind) = session.channels.remove(&id) {
                     if session.channel_for(kind) == Some(id) {

@@ -53,6 +53,8 @@ pub struct Peer {
     pub pending: Option<SdpPendingOffer>,
     pub last_offer: String,
     pub last_answer: String,
+    pub channels: Vec<(str0m::channel::ChannelId, String)>,
+    pub data: Vec<Vec<u8>>,
 }
 
 impl Peer {
@@ -93,6 +95,8 @@ impl Peer {
             pending: None,
             last_offer: String::new(),
             last_answer: String::new(),
+            channels: Vec::new(),
+            data: Vec::new(),
         }
     }
 
@@ -110,6 +114,8 @@ impl Peer {
                     Output::Event(e) => match e {
                         Event::Connected => self.connected = true,
                         Event::RtpPacket(p) => self.received.push(p),
+                        Event::ChannelOpen(id, label) => self.channels.push((id, label)),
+                        Event::ChannelData(d) => self.data.push(d.data),
                         _ => {}
                     },
                 }
