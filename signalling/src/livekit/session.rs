@@ -112,6 +112,22 @@ async fn run_inner(
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Inbox>();
     let (sfu_tx, mut sfu_rx) = mpsc::unbounded_channel::<SfuEvent>();
+    if opts.reconnect {
+        // Resume is not offered (JoinResponse says resume_connection = DISABLED); a client
+        // that tries anyway is told to rejoin from scratch, LiveKit's answer for a session it
+        // cannot resume.
+        #[allow(deprecated)] // `can_reconnect` for clients older than protocol 13
+        let leave = proto::LeaveRequest {
+            reason: proto::DisconnectReason::StateMismatch as i32,
+            action: proto::leave_request::Action::Reconnect as i32,
+            can_reconnect: true,
+            ..Default::default()
+        };
+        tracing::info!("resume not offered; told the client to rejoin");
+        let _ = send(&mut ws_tx, Resp::Leave(leave)).await;
+        let _ = ws_tx.send(Message::Close(None)).await;
+        return;
+    }
     state
         .tasks
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
