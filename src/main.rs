@@ -90,6 +90,20 @@ fn run(settings: Settings) -> anyhow::Result<()> {
             "  media       UDP {rtc_addr}, ICE candidates {}",
             ips_text.join(", ")
         );
+        let m = &settings.matrixrtc;
+        if m.enabled {
+            println!(
+                "  matrixrtc   POST /sfu/get, /get_token; full access: {}; url given to clients: {}",
+                m.full_access_homeservers.join(", "),
+                m.public_url
+            );
+            if !settings.dev && m.public_url.contains("://127.0.0.1") {
+                tracing::warn!(
+                    url = %m.public_url,
+                    "matrixrtc.public_url is a loopback address; remote clients cannot reach it"
+                );
+            }
+        }
         if settings.dev {
             for (key, secret) in &settings.keys {
                 println!("  dev API key {key}  secret {secret}");
@@ -97,7 +111,10 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         }
         let state = switchboard_signalling::AppState::new(settings, sfu);
         let app = switchboard_signalling::router(state);
-        axum::serve(listener, app)
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
             .with_graceful_shutdown(shutdown())
             .await
             .context("http server")

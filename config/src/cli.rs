@@ -22,7 +22,8 @@ use crate::LogFormat;
 pub struct Cli {
     /// Development mode: HTTP on 127.0.0.1, API key `devkey` with secret
     /// `secret` (unless keys are configured elsewhere), loopback addresses
-    /// advertised in ICE candidates. Default: off.
+    /// advertised in ICE candidates, MatrixRTC authorisation on with full
+    /// access for every homeserver. Default: off.
     #[arg(long)]
     pub dev: bool,
 

@@ -1,14 +1,15 @@
 //! Environment variables: `SWITCHBOARD_<SECTION>__<KEY>`, plus the key
 //! variables of LiveKit (`LIVEKIT_KEYS`) and lk-jwt-service (`LIVEKIT_KEY`,
 //! `LIVEKIT_SECRET`, `LIVEKIT_KEY_FROM_FILE`, `LIVEKIT_SECRET_FROM_FILE`,
-//! `LIVEKIT_KEY_FILE`).
+//! `LIVEKIT_KEY_FILE`), and lk-jwt-service's MatrixRTC variables
+//! (`LIVEKIT_FULL_ACCESS_HOMESERVERS`, `LIVEKIT_URL`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ConfigError, ValueSource};
 use crate::keys::{insert_key, parse_key_list};
-use crate::layer::{parse_env_value, Field, KeySet, Layer, SECTIONS};
+use crate::layer::{parse_env_value, same_value, Field, KeySet, Layer, SECTIONS};
 
 /// Prefix of Switchboard's own variables.
 pub(crate) const PREFIX: &str = "SWITCHBOARD_";
@@ -21,16 +22,30 @@ pub(crate) const LIVEKIT_SECRET: &str = "LIVEKIT_SECRET";
 pub(crate) const LIVEKIT_KEY_FROM_FILE: &str = "LIVEKIT_KEY_FROM_FILE";
 pub(crate) const LIVEKIT_SECRET_FROM_FILE: &str = "LIVEKIT_SECRET_FROM_FILE";
 pub(crate) const LIVEKIT_KEY_FILE: &str = "LIVEKIT_KEY_FILE";
+pub(crate) const LIVEKIT_FULL_ACCESS_HOMESERVERS: &str = "LIVEKIT_FULL_ACCESS_HOMESERVERS";
+pub(crate) const LIVEKIT_URL: &str = "LIVEKIT_URL";
 
 /// The LiveKit / lk-jwt-service variables that are read; other `LIVEKIT_*`
 /// variables are ignored.
-pub(crate) const LIVEKIT_VARS: [&str; 6] = [
+pub(crate) const LIVEKIT_VARS: [&str; 8] = [
     LIVEKIT_KEYS,
     LIVEKIT_KEY,
     LIVEKIT_SECRET,
     LIVEKIT_KEY_FROM_FILE,
     LIVEKIT_SECRET_FROM_FILE,
     LIVEKIT_KEY_FILE,
+    LIVEKIT_FULL_ACCESS_HOMESERVERS,
+    LIVEKIT_URL,
+];
+
+/// lk-jwt-service variables that set a Switchboard setting, which can also be
+/// set by its `SWITCHBOARD_*` variable.
+const LIVEKIT_ALIASES: [(&str, Field); 2] = [
+    (
+        LIVEKIT_FULL_ACCESS_HOMESERVERS,
+        Field::MatrixRtcFullAccessHomeservers,
+    ),
+    (LIVEKIT_URL, Field::MatrixRtcPublicUrl),
 ];
 
 /// Whether `name` is read by [`parse`] (used to filter the process
@@ -67,6 +82,26 @@ pub(crate) fn parse(
         let value = parse_env_value(field, text)
             .ok_or_else(|| field.invalid(format!("{text:?}"), &origin))?;
         layer.set(field, value);
+    }
+
+    for (var, field) in LIVEKIT_ALIASES {
+        let Some(text) = env.get(var) else { continue };
+        let value = parse_env_value(field, text)
+            .ok_or_else(|| field.invalid(format!("{text:?}"), &ValueSource::Env(var.into())))?;
+        if let Some(own) = layer.aliased(field) {
+            if !same_value(&own, &value) {
+                return Err(ConfigError::ConflictingEnvValues {
+                    setting: field.name(),
+                    first: field.env_var(),
+                    second: var.into(),
+                });
+            }
+        }
+        layer.set(field, value);
+    }
+    if env.contains_key(LIVEKIT_FULL_ACCESS_HOMESERVERS) {
+        // lk-jwt-service deployments set only LIVEKIT_* variables.
+        layer.matrixrtc_enabled_implied = Some(true);
     }
 
     livekit_keys(env, read_file, &mut keys)?;
@@ -187,7 +222,7 @@ fn unknown_var_hint(name: &str) -> String {
             return format!("known in this section: {}", known.join(", "));
         }
     }
-    "expected SWITCHBOARD_<SECTION>__<KEY> with SECTION one of HTTP, RTC, KEYS, ROOMS, LOG, \
-     or SWITCHBOARD_KEYS__<APIKEY>"
+    "expected SWITCHBOARD_<SECTION>__<KEY> with SECTION one of HTTP, RTC, KEYS, ROOMS, \
+     MATRIXRTC, LOG, or SWITCHBOARD_KEYS__<APIKEY>"
         .into()
 }

@@ -141,6 +141,34 @@ pub enum ConfigError {
         second: String,
     },
 
+    /// A setting is given by both its `SWITCHBOARD_*` variable and an
+    /// lk-jwt-service variable (`LIVEKIT_FULL_ACCESS_HOMESERVERS`,
+    /// `LIVEKIT_URL`), with different values.
+    #[error("{setting}: {first} and {second} are both set, to different values; set only one")]
+    ConflictingEnvValues {
+        /// Dotted setting name, e.g. `matrixrtc.public_url`.
+        setting: String,
+        /// The `SWITCHBOARD_*` variable.
+        first: String,
+        /// The lk-jwt-service variable.
+        second: String,
+    },
+
+    /// A setting that another setting makes necessary has no usable value
+    /// (e.g. `matrixrtc.full_access_homeservers` is empty while MatrixRTC
+    /// authorisation is enabled).
+    #[error("{setting}: required when {condition} ({expected}); {hint}")]
+    Required {
+        /// Dotted setting name, e.g. `matrixrtc.full_access_homeservers`.
+        setting: String,
+        /// What makes it necessary.
+        condition: String,
+        /// What an acceptable value looks like.
+        expected: String,
+        /// How to fix it (where to set it).
+        hint: String,
+    },
+
     /// An API key entry is malformed: empty key name, empty secret, or an
     /// entry of a `key: secret` list without a colon.
     #[error("keys{}: {problem} in {origin}", key.as_ref().map(|k| format!(".{k}")).unwrap_or_default())]

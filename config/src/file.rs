@@ -12,8 +12,8 @@ use toml::Value as Toml;
 use crate::error::{ConfigError, ValueSource};
 use crate::keys::insert_key;
 use crate::layer::{
-    check_bytes, check_ip_list, check_port, parse_format, parse_ip, Field, KeySet, Kind, Layer,
-    Value, SECTIONS,
+    check_bytes, check_ip_list, check_port, check_server_names, check_url, check_url_map,
+    parse_format, parse_ip, Field, KeySet, Kind, Layer, Value, PUBLIC_URL_SCHEMES, SECTIONS,
 };
 
 /// Parses the config file text. `path` only serves error messages.
@@ -95,6 +95,18 @@ fn convert(field: Field, value: &Toml) -> Option<Value> {
         (Kind::Bool, Toml::Boolean(b)) => Some(Value::Bool(*b)),
         (Kind::Bytes, Toml::Integer(n)) => check_bytes(*n).map(Value::Bytes),
         (Kind::Format, Toml::String(s)) => parse_format(s).map(Value::Format),
+        (Kind::ServerNames, Toml::Array(items)) => {
+            let names = items.iter().map(Toml::as_str).collect::<Option<Vec<_>>>()?;
+            check_server_names(names).map(Value::ServerNames)
+        }
+        (Kind::PublicUrl, Toml::String(s)) => check_url(s, &PUBLIC_URL_SCHEMES).map(Value::Url),
+        (Kind::UrlMap, Toml::Table(entries)) => {
+            let entries = entries
+                .iter()
+                .map(|(name, url)| url.as_str().map(|url| (name.as_str(), url)))
+                .collect::<Option<Vec<_>>>()?;
+            check_url_map(entries).map(Value::UrlMap)
+        }
         _ => None,
     }
 }
@@ -111,7 +123,17 @@ fn render(value: &Toml) -> String {
             let inner: Vec<String> = items.iter().map(render).collect();
             format!("[{}]", inner.join(", "))
         }
-        Toml::Table(_) => "(a table)".into(),
+        Toml::Table(entries) => {
+            let inner: Vec<String> = entries
+                .iter()
+                .map(|(key, value)| format!("{key:?} = {}", render(value)))
+                .collect();
+            if inner.is_empty() {
+                "{}".into()
+            } else {
+                format!("{{ {} }}", inner.join(", "))
+            }
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! every setting is optional, `None` meaning "not given at this level".
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use crate::error::{ConfigError, ValueSource};
 use crate::LogFormat;
@@ -28,6 +28,14 @@ pub(crate) struct Layer {
     pub rtc_max_signal_message_bytes: Option<usize>,
     pub keys: Option<KeySet>,
     pub rooms_auto_create: Option<bool>,
+    pub matrixrtc_enabled: Option<bool>,
+    /// A default for `matrixrtc.enabled` implied by another setting (set by
+    /// `LIVEKIT_FULL_ACCESS_HOMESERVERS`); it ranks below every level's
+    /// explicit `matrixrtc_enabled`, including the `--dev` defaults.
+    pub matrixrtc_enabled_implied: Option<bool>,
+    pub matrixrtc_full_access_homeservers: Option<Vec<String>>,
+    pub matrixrtc_public_url: Option<String>,
+    pub matrixrtc_homeserver_urls: Option<BTreeMap<String, String>>,
     pub log_format: Option<LogFormat>,
 }
 
@@ -44,6 +52,10 @@ pub(crate) enum Field {
     RtcV1Enabled,
     RtcMaxSignalMessageBytes,
     RoomsAutoCreate,
+    MatrixRtcEnabled,
+    MatrixRtcFullAccessHomeservers,
+    MatrixRtcPublicUrl,
+    MatrixRtcHomeserverUrls,
     LogFormat,
 }
 
@@ -56,13 +68,16 @@ pub(crate) enum Kind {
     Bool,
     Bytes,
     Format,
+    ServerNames,
+    PublicUrl,
+    UrlMap,
 }
 
 /// The sections of the config file, in documentation order.
-pub(crate) const SECTIONS: [&str; 5] = ["http", "rtc", "keys", "rooms", "log"];
+pub(crate) const SECTIONS: [&str; 6] = ["http", "rtc", "keys", "rooms", "matrixrtc", "log"];
 
 impl Field {
-    pub(crate) const ALL: [Field; 10] = [
+    pub(crate) const ALL: [Field; 14] = [
         Field::HttpBind,
         Field::HttpPort,
         Field::RtcUdpPort,
@@ -72,6 +87,10 @@ impl Field {
         Field::RtcV1Enabled,
         Field::RtcMaxSignalMessageBytes,
         Field::RoomsAutoCreate,
+        Field::MatrixRtcEnabled,
+        Field::MatrixRtcFullAccessHomeservers,
+        Field::MatrixRtcPublicUrl,
+        Field::MatrixRtcHomeserverUrls,
         Field::LogFormat,
     ];
 
@@ -87,6 +106,10 @@ impl Field {
             Field::RtcV1Enabled => ("rtc", "v1_enabled"),
             Field::RtcMaxSignalMessageBytes => ("rtc", "max_signal_message_bytes"),
             Field::RoomsAutoCreate => ("rooms", "auto_create"),
+            Field::MatrixRtcEnabled => ("matrixrtc", "enabled"),
+            Field::MatrixRtcFullAccessHomeservers => ("matrixrtc", "full_access_homeservers"),
+            Field::MatrixRtcPublicUrl => ("matrixrtc", "public_url"),
+            Field::MatrixRtcHomeserverUrls => ("matrixrtc", "homeserver_urls"),
             Field::LogFormat => ("log", "format"),
         }
     }
@@ -96,9 +119,15 @@ impl Field {
             Field::HttpBind | Field::RtcBind => Kind::Ip,
             Field::HttpPort | Field::RtcUdpPort => Kind::Port,
             Field::RtcNodeIps => Kind::IpList,
-            Field::RtcIncludeLoopback | Field::RtcV1Enabled | Field::RoomsAutoCreate => Kind::Bool,
+            Field::RtcIncludeLoopback
+            | Field::RtcV1Enabled
+            | Field::RoomsAutoCreate
+            | Field::MatrixRtcEnabled => Kind::Bool,
             Field::RtcMaxSignalMessageBytes => Kind::Bytes,
             Field::LogFormat => Kind::Format,
+            Field::MatrixRtcFullAccessHomeservers => Kind::ServerNames,
+            Field::MatrixRtcPublicUrl => Kind::PublicUrl,
+            Field::MatrixRtcHomeserverUrls => Kind::UrlMap,
         }
     }
 
@@ -146,6 +175,16 @@ impl Field {
                 "a size in bytes from {MIN_SIGNAL_MESSAGE_BYTES} to {MAX_SIGNAL_MESSAGE_BYTES} (64 MiB)"
             ),
             Kind::Format => "\"text\" or \"json\"".into(),
+            Kind::ServerNames => "a list of Matrix server names without spaces, or [\"*\"] \
+                                  alone for every server (comma separated in the environment)"
+                .into(),
+            Kind::PublicUrl => "a ws://, wss://, http:// or https:// URL with a host (and \
+                                optionally a port and a path)"
+                .into(),
+            Kind::UrlMap => "server names mapped to http:// or https:// URLs with a host (and \
+                             optionally a port and a path); comma separated name=url pairs in \
+                             the environment"
+                .into(),
         }
     }
 
@@ -169,6 +208,9 @@ pub(crate) enum Value {
     Bool(bool),
     Bytes(usize),
     Format(LogFormat),
+    ServerNames(Vec<String>),
+    Url(String),
+    UrlMap(BTreeMap<String, String>),
 }
 
 impl Layer {
@@ -187,7 +229,28 @@ impl Layer {
                 self.rtc_max_signal_message_bytes = Some(v)
             }
             (Field::LogFormat, Value::Format(v)) => self.log_format = Some(v),
+            (Field::MatrixRtcEnabled, Value::Bool(v)) => self.matrixrtc_enabled = Some(v),
+            (Field::MatrixRtcFullAccessHomeservers, Value::ServerNames(v)) => {
+                self.matrixrtc_full_access_homeservers = Some(v)
+            }
+            (Field::MatrixRtcPublicUrl, Value::Url(v)) => self.matrixrtc_public_url = Some(v),
+            (Field::MatrixRtcHomeserverUrls, Value::UrlMap(v)) => {
+                self.matrixrtc_homeserver_urls = Some(v)
+            }
             (field, value) => unreachable!("value {value:?} does not fit field {field:?}"),
+        }
+    }
+
+    /// The value of `field` at this level, for the fields that can be given by
+    /// two environment variables (`SWITCHBOARD_*` and an lk-jwt-service name).
+    pub(crate) fn aliased(&self, field: Field) -> Option<Value> {
+        match field {
+            Field::MatrixRtcFullAccessHomeservers => self
+                .matrixrtc_full_access_homeservers
+                .clone()
+                .map(Value::ServerNames),
+            Field::MatrixRtcPublicUrl => self.matrixrtc_public_url.clone().map(Value::Url),
+            other => unreachable!("{other:?} has no alias variable"),
         }
     }
 }
@@ -223,6 +286,103 @@ pub(crate) fn check_ip_list(ips: Vec<IpAddr>) -> Option<Vec<IpAddr>> {
     for ip in ips {
         if !out.contains(&ip) {
             out.push(ip);
+        }
+    }
+    Some(out)
+}
+
+/// Schemes accepted in `matrixrtc.public_url`.
+pub(crate) const PUBLIC_URL_SCHEMES: [&str; 4] = ["ws://", "wss://", "http://", "https://"];
+/// Schemes accepted in the values of `matrixrtc.homeserver_urls`.
+pub(crate) const HOMESERVER_URL_SCHEMES: [&str; 2] = ["http://", "https://"];
+
+/// Checks a server name of `matrixrtc.full_access_homeservers` or a key of
+/// `matrixrtc.homeserver_urls`: surrounding whitespace is removed, the rest
+/// must be non-empty and free of whitespace.
+fn check_server_name(name: &str) -> Option<String> {
+    let name = name.trim();
+    (!name.is_empty() && !name.contains(char::is_whitespace)).then(|| name.to_owned())
+}
+
+/// Checks a list of server names (see [`check_server_name`]); `*` is only
+/// accepted alone. Removes duplicates, keeping order.
+pub(crate) fn check_server_names<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> Option<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        let name = check_server_name(name)?;
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    if out.len() > 1 && out.iter().any(|n| n == "*") {
+        return None;
+    }
+    Some(out)
+}
+
+/// Checks a URL: one of `schemes` (case-insensitive), then a host (a name,
+/// an IPv4 address or a bracketed IPv6 address), an optional port 1-65535
+/// and an optional path. User info, query and fragment are rejected, as is
+/// whitespace. Returns the URL with surrounding whitespace removed.
+pub(crate) fn check_url(text: &str, schemes: &[&str]) -> Option<String> {
+    let text = text.trim();
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    let scheme = schemes.iter().find(|scheme| {
+        text.get(..scheme.len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(scheme))
+    })?;
+    let rest = &text[scheme.len()..];
+    if rest.contains(['?', '#']) {
+        return None;
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (inner, tail) = bracketed.split_once(']')?;
+            inner.parse::<Ipv6Addr>().ok()?;
+            match tail {
+                "" => (inner, None),
+                _ => (inner, Some(tail.strip_prefix(':')?)),
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() || host.contains(['@', '[', ']']) {
+        return None;
+    }
+    if let Some(port) = port {
+        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        check_port(port.parse().ok()?)?;
+    }
+    Some(text.to_owned())
+}
+
+/// Checks `matrixrtc.homeserver_urls` entries (server name, URL): names as
+/// in [`check_server_name`], URLs as in [`check_url`] with
+/// [`HOMESERVER_URL_SCHEMES`], trailing slashes removed. The same name twice
+/// with different URLs is rejected.
+pub(crate) fn check_url_map<'a>(
+    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (name, url) in entries {
+        let name = check_server_name(name)?;
+        let url = check_url(url, &HOMESERVER_URL_SCHEMES)?;
+        let url = url.trim_end_matches('/').to_owned();
+        match out.get(&name) {
+            Some(existing) if *existing != url => return None,
+            _ => {
+                out.insert(name, url);
+            }
         }
     }
     Some(out)
@@ -267,5 +427,37 @@ pub(crate) fn parse_env_value(field: Field, text: &str) -> Option<Value> {
             .and_then(check_bytes)
             .map(Value::Bytes),
         Kind::Format => parse_format(trimmed).map(Value::Format),
+        Kind::ServerNames => check_server_names(
+            trimmed
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty()),
+        )
+        .map(Value::ServerNames),
+        Kind::PublicUrl => check_url(trimmed, &PUBLIC_URL_SCHEMES).map(Value::Url),
+        Kind::UrlMap => {
+            let entries = trimmed
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| item.split_once('='))
+                .collect::<Option<Vec<_>>>()?;
+            check_url_map(entries).map(Value::UrlMap)
+        }
+    }
+}
+
+/// Whether two values of one field mean the same; lists of server names are
+/// compared as sets.
+pub(crate) fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::ServerNames(a), Value::ServerNames(b)) => {
+            let mut a = a.clone();
+            let mut b = b.clone();
+            a.sort();
+            b.sort();
+            a == b
+        }
+        (a, b) => a == b,
     }
 }

@@ -56,6 +56,8 @@ pub struct Settings {
     pub keys: BTreeMap<String, String>,
     /// Room behaviour.
     pub rooms: RoomSettings,
+    /// MatrixRTC authorisation (lk-jwt-service compatible endpoints).
+    pub matrixrtc: MatrixRtcSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -94,8 +96,47 @@ pub struct RtcSettings {
 /// Room settings (`[rooms]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomSettings {
-    /// Create a room when the first participant joins it. Default: true.
+    /// Create a room when the first participant joins it. Default: true,
+    /// but false when MatrixRTC authorisation is enabled outside `--dev`
+    /// (rooms are then created for users of full-access homeservers only);
+    /// with `--dev`: true.
     pub auto_create: bool,
+}
+
+/// MatrixRTC authorisation settings (`[matrixrtc]`): the lk-jwt-service
+/// compatible endpoints that exchange a Matrix OpenID token for an access
+/// token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatrixRtcSettings {
+    /// Serve the MatrixRTC authorisation endpoints (`/sfu/get`,
+    /// `/get_token`). Default: false, but true when
+    /// `LIVEKIT_FULL_ACCESS_HOMESERVERS` is set and `matrixrtc.enabled` is
+    /// not given; with `--dev`: true.
+    pub enabled: bool,
+    /// Server names whose users may create rooms; `["*"]` = everyone
+    /// (`*` only appears alone). Entries are non-empty, without whitespace or
+    /// duplicates. Never empty when `enabled`. Default: empty; with `--dev`:
+    /// `["*"]`.
+    pub full_access_homeservers: Vec<String>,
+    /// WebSocket URL handed to clients as `url` (ws://, wss://, http:// or
+    /// https://). Always set after loading: when not given, it is
+    /// [`Settings::ws_url`].
+    pub public_url: String,
+    /// Server name -> base URL (http:// or https://, without trailing `/`) of
+    /// its federation/openid listener, e.g. `http://127.0.0.1:8008`,
+    /// overriding Matrix server discovery. Default: empty.
+    pub homeserver_urls: BTreeMap<String, String>,
+}
+
+impl MatrixRtcSettings {
+    /// Whether users of `server_name` have full access (may cause rooms to be
+    /// created): the name is in `full_access_homeservers` (exact match), or
+    /// the list is `["*"]`.
+    pub fn is_full_access(&self, server_name: &str) -> bool {
+        self.full_access_homeservers
+            .iter()
+            .any(|name| name == "*" || name == server_name)
+    }
 }
 
 /// Logging settings (`[log]`).
@@ -138,6 +179,7 @@ impl fmt::Debug for Settings {
             .field("rtc", &self.rtc)
             .field("keys", &keys)
             .field("rooms", &self.rooms)
+            .field("matrixrtc", &self.matrixrtc)
             .field("log", &self.log)
             .finish()
     }
@@ -147,8 +189,10 @@ impl Settings {
     /// Reads the file named by `--config` (if any) and the process environment,
     /// and applies precedence (see [`Settings::from_sources`]).
     ///
-    /// Only `SWITCHBOARD_*` variables and the LiveKit key variables are looked
-    /// at; files named by `LIVEKIT_*_FILE` variables are read from disk.
+    /// Only `SWITCHBOARD_*` variables, the LiveKit key variables and
+    /// lk-jwt-service's `LIVEKIT_FULL_ACCESS_HOMESERVERS` and `LIVEKIT_URL` are
+    /// looked at; files named by `LIVEKIT_*_FILE` variables are read from
+    /// disk.
     pub fn load(cli: &Cli) -> Result<Settings, ConfigError> {
         let text = match &cli.config {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|source| {
@@ -260,6 +304,8 @@ fn dev_layer() -> Layer {
         keys: Some(keys),
         rooms_auto_create: Some(true),
         rtc_include_loopback: Some(true),
+        matrixrtc_enabled: Some(true),
+        matrixrtc_full_access_homeservers: Some(vec!["*".to_owned()]),
         ..Layer::default()
     }
 }
@@ -301,8 +347,24 @@ fn resolve(
         return Err(ConfigError::NoKeys);
     }
 
+    let matrixrtc_enabled = pick!(matrixrtc_enabled, pick!(matrixrtc_enabled_implied, false));
+    let full_access_homeservers = pick!(matrixrtc_full_access_homeservers, Vec::new());
+    if matrixrtc_enabled && full_access_homeservers.is_empty() {
+        let setting = layer::Field::MatrixRtcFullAccessHomeservers;
+        return Err(ConfigError::Required {
+            setting: setting.name(),
+            condition: "MatrixRTC authorisation is enabled".into(),
+            expected: "server names, or [\"*\"]".into(),
+            hint: format!(
+                "set it in the config file, {} or {}",
+                setting.env_var(),
+                env::LIVEKIT_FULL_ACCESS_HOMESERVERS
+            ),
+        });
+    }
+
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-    Ok(Settings {
+    let mut settings = Settings {
         dev: cli.dev,
         http: HttpSettings {
             bind: pick!(http_bind, any),
@@ -321,10 +383,20 @@ fn resolve(
         },
         keys,
         rooms: RoomSettings {
-            auto_create: pick!(rooms_auto_create, true),
+            // With --dev the dev level gives true; outside it, MatrixRTC
+            // authorisation decides who may create rooms.
+            auto_create: pick!(rooms_auto_create, !matrixrtc_enabled),
+        },
+        matrixrtc: MatrixRtcSettings {
+            enabled: matrixrtc_enabled,
+            full_access_homeservers,
+            public_url: String::new(),
+            homeserver_urls: pick!(matrixrtc_homeserver_urls, BTreeMap::new()),
         },
         log: LogSettings {
             format: pick!(log_format, LogFormat::Text),
         },
-    })
+    };
+    settings.matrixrtc.public_url = pick!(matrixrtc_public_url, settings.ws_url());
+    Ok(settings)
 }

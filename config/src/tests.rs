@@ -5,7 +5,7 @@ use std::path::Path;
 
 use clap::Parser;
 
-use crate::{Cli, ConfigError, LogFormat, Settings};
+use crate::{Cli, ConfigError, LogFormat, MatrixRtcSettings, Settings};
 
 fn no_files(path: &Path) -> io::Result<String> {
     Err(io::Error::new(
@@ -302,7 +302,8 @@ fn unknown_file_section_is_named_in_error() {
     let err = load_err(&["--dev"], &[], Some("[room]\nauto_create = true\n"));
     assert_eq!(
         err,
-        "room: unknown section in config file (expected one of: http, rtc, keys, rooms, log)"
+        "room: unknown section in config file \
+         (expected one of: http, rtc, keys, rooms, matrixrtc, log)"
     );
     let err = load_err(&["--dev"], &[], Some("port = 1\n"));
     assert!(err.starts_with("port: unknown section"), "{err}");
@@ -552,7 +553,9 @@ fn unknown_switchboard_env_var_is_an_error() {
 fn unrelated_env_vars_are_ignored() {
     let vars = [
         ("PATH", "/bin"),
-        ("LIVEKIT_URL", "ws://x"),
+        ("LIVEKIT_JWT_BIND", ":8080"),
+        ("LIVEKIT_LOG_LEVEL", "debug"),
+        ("LIVEKIT_LOCAL_HOMESERVERS", "example.org"),
         ("SWITCHBOARDX", "1"),
     ];
     load_ok(&["--dev"], &vars, None);
@@ -793,4 +796,677 @@ fn log_format_deserializes_lowercase() {
     let w: W = toml::from_str("f = \"json\"").unwrap();
     assert_eq!(w.f, LogFormat::Json);
     assert_eq!(LogFormat::Text.to_string(), "text");
+}
+
+// ---- MatrixRTC authorisation ----------------------------------------------
+
+const FULL_ACCESS_REQUIRED: &str = "matrixrtc.full_access_homeservers: required when MatrixRTC \
+     authorisation is enabled (server names, or [\"*\"]); set it in the config file, \
+     SWITCHBOARD_MATRIXRTC__FULL_ACCESS_HOMESERVERS or LIVEKIT_FULL_ACCESS_HOMESERVERS";
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn matrixrtc_is_off_by_default_outside_dev() {
+    let s = load_ok(&[], &[], Some(KEY_FILE));
+    assert_eq!(
+        s.matrixrtc,
+        MatrixRtcSettings {
+            enabled: false,
+            full_access_homeservers: Vec::new(),
+            public_url: "ws://127.0.0.1:7880".into(),
+            homeserver_urls: BTreeMap::new(),
+        }
+    );
+    assert!(s.rooms.auto_create);
+}
+
+#[test]
+fn dev_enables_matrixrtc_for_every_homeserver_and_keeps_auto_create() {
+    let s = load_ok(&["--dev"], &[], None);
+    assert!(s.matrixrtc.enabled);
+    assert_eq!(s.matrixrtc.full_access_homeservers, names(&["*"]));
+    assert!(s.matrixrtc.is_full_access("anywhere.example"));
+    assert_eq!(s.matrixrtc.public_url, "ws://127.0.0.1:7880");
+    assert!(s.matrixrtc.homeserver_urls.is_empty());
+    assert!(s.rooms.auto_create);
+}
+
+#[test]
+fn public_url_defaults_to_the_http_listener_websocket_url() {
+    let s = load_ok(
+        &["--dev", "--bind", "192.0.2.1", "--port", "9000"],
+        &[],
+        None,
+    );
+    assert_eq!(s.matrixrtc.public_url, "ws://192.0.2.1:9000");
+    assert_eq!(s.matrixrtc.public_url, s.ws_url());
+    let s = load_ok(&["--dev", "--bind", "::"], &[], None);
+    assert_eq!(s.matrixrtc.public_url, "ws://[::1]:7880");
+}
+
+#[test]
+fn full_matrixrtc_file_section_is_read() {
+    let file = r#"
+[keys]
+k = "s"
+[matrixrtc]
+enabled = true
+full_access_homeservers = ["example.org", " other.example:8448 ", "example.org"]
+public_url = "wss://rtc.example.org"
+[matrixrtc.homeserver_urls]
+"example.org" = "https://matrix.example.org/"
+"other.example:8448" = "http://127.0.0.1:8008"
+"#;
+    let s = load_ok(&[], &[], Some(file));
+    assert!(s.matrixrtc.enabled);
+    // Trimmed, duplicates dropped, order kept.
+    assert_eq!(
+        s.matrixrtc.full_access_homeservers,
+        names(&["example.org", "other.example:8448"])
+    );
+    assert_eq!(s.matrixrtc.public_url, "wss://rtc.example.org");
+    // Trailing slashes are removed from base URLs.
+    assert_eq!(
+        s.matrixrtc.homeserver_urls,
+        env(&[
+            ("example.org", "https://matrix.example.org"),
+            ("other.example:8448", "http://127.0.0.1:8008"),
+        ])
+    );
+}
+
+#[test]
+fn homeserver_urls_can_be_an_inline_table() {
+    let file = "[matrixrtc]\nhomeserver_urls = { \"a.org\" = \"https://hs.a.org:8448/prefix\" }\n";
+    let s = load_ok(&["--dev"], &[], Some(file));
+    assert_eq!(
+        s.matrixrtc.homeserver_urls,
+        env(&[("a.org", "https://hs.a.org:8448/prefix")])
+    );
+}
+
+#[test]
+fn matrixrtc_env_vars_set_every_setting() {
+    let vars = [
+        ("SWITCHBOARD_MATRIXRTC__ENABLED", "1"),
+        (
+            "SWITCHBOARD_MATRIXRTC__FULL_ACCESS_HOMESERVERS",
+            " a.org, b.org ,,",
+        ),
+        (
+            "SWITCHBOARD_MATRIXRTC__PUBLIC_URL",
+            " https://rtc.a.org/sfu ",
+        ),
+        (
+            "SWITCHBOARD_MATRIXRTC__HOMESERVER_URLS",
+            "a.org = http://127.0.0.1:8008, b.org=https://[2001:db8::1]:8448/,",
+        ),
+    ];
+    let s = load_ok(&[], &vars, Some(KEY_FILE));
+    assert!(s.matrixrtc.enabled);
+    assert_eq!(
+        s.matrixrtc.full_access_homeservers,
+        names(&["a.org", "b.org"])
+    );
+    assert_eq!(s.matrixrtc.public_url, "https://rtc.a.org/sfu");
+    assert_eq!(
+        s.matrixrtc.homeserver_urls,
+        env(&[
+            ("a.org", "http://127.0.0.1:8008"),
+            ("b.org", "https://[2001:db8::1]:8448"),
+        ])
+    );
+}
+
+#[test]
+fn matrixrtc_env_beats_file_and_file_beats_dev() {
+    let file = "[matrixrtc]\nfull_access_homeservers = [\"file.org\"]\n\
+                public_url = \"wss://file.example\"\n\
+                [matrixrtc.homeserver_urls]\n\"file.org\" = \"https://hs.file.org\"\n";
+    let s = load_ok(&["--dev"], &[], Some(file));
+    assert_eq!(s.matrixrtc.full_access_homeservers, names(&["file.org"]));
+    assert!(!s.matrixrtc.is_full_access("other.org"));
+    assert_eq!(s.matrixrtc.public_url, "wss://file.example");
+
+    let vars = [
+        ("SWITCHBOARD_MATRIXRTC__ENABLED", "false"),
+        ("SWITCHBOARD_MATRIXRTC__PUBLIC_URL", "wss://env.example"),
+        ("SWITCHBOARD_MATRIXRTC__HOMESERVER_URLS", ""),
+    ];
+    let s = load_ok(&["--dev"], &vars, Some(file));
+    assert!(!s.matrixrtc.enabled);
+    assert_eq!(s.matrixrtc.public_url, "wss://env.example");
+    // An empty variable gives an empty map, replacing the file's.
+    assert!(s.matrixrtc.homeserver_urls.is_empty());
+}
+
+#[test]
+fn enabling_matrixrtc_without_full_access_homeservers_is_an_error() {
+    let err = load_err(
+        &[],
+        &[],
+        Some("[matrixrtc]\nenabled = true\n[keys]\na = \"b\"\n"),
+    );
+    assert_eq!(err, FULL_ACCESS_REQUIRED);
+    assert!(matches!(
+        load(
+            &[],
+            &[
+                ("SWITCHBOARD_MATRIXRTC__ENABLED", "true"),
+                ("LIVEKIT_KEYS", "a: b")
+            ],
+            None
+        ),
+        Err(ConfigError::Required { .. })
+    ));
+    // An explicitly empty list also replaces the --dev default ["*"].
+    let err = load_err(
+        &["--dev"],
+        &[],
+        Some("[matrixrtc]\nfull_access_homeservers = []\n"),
+    );
+    assert_eq!(err, FULL_ACCESS_REQUIRED);
+    let err = load_err(
+        &["--dev"],
+        &[("SWITCHBOARD_MATRIXRTC__FULL_ACCESS_HOMESERVERS", " , ")],
+        None,
+    );
+    assert_eq!(err, FULL_ACCESS_REQUIRED);
+}
+
+#[test]
+fn disabled_matrixrtc_accepts_an_empty_full_access_list() {
+    let file = "[matrixrtc]\nenabled = false\nfull_access_homeservers = []\n";
+    let s = load_ok(&["--dev"], &[], Some(file));
+    assert!(!s.matrixrtc.enabled);
+    assert!(s.matrixrtc.full_access_homeservers.is_empty());
+    assert!(!s.matrixrtc.is_full_access("example.org"));
+}
+
+#[test]
+fn enabling_matrixrtc_outside_dev_turns_auto_create_off_by_default() {
+    let file = "[keys]\na = \"b\"\n[matrixrtc]\nenabled = true\n\
+                full_access_homeservers = [\"example.org\"]\n";
+    let s = load_ok(&[], &[], Some(file));
+    assert!(s.matrixrtc.enabled);
+    assert!(!s.rooms.auto_create);
+}
+
+#[test]
+fn explicit_auto_create_beats_the_matrixrtc_default() {
+    let file = "[keys]\na = \"b\"\n[matrixrtc]\nenabled = true\n\
+                full_access_homeservers = [\"*\"]\n[rooms]\nauto_create = true\n";
+    let s = load_ok(&[], &[], Some(file));
+    assert!(s.matrixrtc.enabled);
+    assert!(s.rooms.auto_create);
+    let vars = [
+        ("LIVEKIT_KEYS", "a: b"),
+        ("LIVEKIT_FULL_ACCESS_HOMESERVERS", "*"),
+        ("SWITCHBOARD_ROOMS__AUTO_CREATE", "1"),
+    ];
+    let s = load_ok(&[], &vars, None);
+    assert!(s.matrixrtc.enabled);
+    assert!(s.rooms.auto_create);
+}
+
+#[test]
+fn dev_keeps_auto_create_when_matrixrtc_is_enabled_explicitly() {
+    let file = "[matrixrtc]\nenabled = true\nfull_access_homeservers = [\"example.org\"]\n";
+    let s = load_ok(&["--dev"], &[], Some(file));
+    assert!(s.matrixrtc.enabled);
+    assert!(s.rooms.auto_create);
+    // Explicitly off in --dev still wins.
+    let s = load_ok(
+        &["--dev"],
+        &[("SWITCHBOARD_ROOMS__AUTO_CREATE", "false")],
+        Some(file),
+    );
+    assert!(!s.rooms.auto_create);
+}
+
+#[test]
+fn livekit_full_access_homeservers_sets_the_list_and_enables_matrixrtc() {
+    let vars = [
+        ("LIVEKIT_KEY", "k"),
+        ("LIVEKIT_SECRET", "s"),
+        ("LIVEKIT_URL", "wss://rtc.example.org"),
+        ("LIVEKIT_FULL_ACCESS_HOMESERVERS", "example.org, other.org"),
+    ];
+    let s = load_ok(&[], &vars, None);
+    assert!(s.matrixrtc.enabled);
+    assert_eq!(
+        s.matrixrtc.full_access_homeservers,
+        names(&["example.org", "other.org"])
+    );
+    assert_eq!(s.matrixrtc.public_url, "wss://rtc.example.org");
+    assert!(s.matrixrtc.is_full_access("other.org"));
+    assert!(!s.matrixrtc.is_full_access("elsewhere.org"));
+    // lk-jwt-service deployment: rooms are created for full-access users only.
+    assert!(!s.rooms.auto_create);
+
+    let s = load_ok(
+        &[],
+        &[
+            ("LIVEKIT_KEYS", "k: s"),
+            ("LIVEKIT_FULL_ACCESS_HOMESERVERS", "*"),
+        ],
+        None,
+    );
+    assert!(s.matrixrtc.enabled);
+    assert_eq!(s.matrixrtc.full_access_homeservers, names(&["*"]));
+}
+
+#[test]
+fn explicit_enabled_false_beats_livekit_full_access_homeservers() {
+    let vars = [
+        ("LIVEKIT_KEYS", "k: s"),
+        ("LIVEKIT_FULL_ACCESS_HOMESERVERS", "example.org"),
+    ];
+    let s = load_ok(&[], &vars, Some("[matrixrtc]\nenabled = false\n"));
+    assert!(!s.matrixrtc.enabled);
+    assert_eq!(s.matrixrtc.full_access_homeservers, names(&["example.org"]));
+    assert!(s.rooms.auto_create);
+    let mut vars = vars.to_vec();
+    vars.push(("SWITCHBOARD_MATRIXRTC__ENABLED", "0"));
+    assert!(!load_ok(&[], &vars, None).matrixrtc.enabled);
+}
+
+#[test]
+fn switchboard_full_access_variable_does_not_enable_matrixrtc_by_itself() {
+    let vars = [
+        ("LIVEKIT_KEYS", "k: s"),
+        (
+            "SWITCHBOARD_MATRIXRTC__FULL_ACCESS_HOMESERVERS",
+            "example.org",
+        ),
+    ];
+    let s = load_ok(&[], &vars, None);
+    assert!(!s.matrixrtc.enabled);
+    assert!(s.rooms.auto_create);
+}
+
+#[test]
+fn empty_livekit_full_access_homeservers_enables_matrixrtc_and_fails() {
+    let vars = [
+        ("LIVEKIT_KEYS", "k: s"),
+        ("LIVEKIT_FULL_ACCESS_HOMESERVERS", ""),
+    ];
+    assert_eq!(load_err(&[], &vars, None), FULL_ACCESS_REQUIRED);
+}
+
+#[test]
+fn livekit_url_sets_public_url_without_enabling_matrixrtc() {
+    let s = load_ok(
+        &[],
+        &[("LIVEKIT_KEYS", "k: s"), ("LIVEKIT_URL", "ws://x")],
+        None,
+    );
+    assert!(!s.matrixrtc.enabled);
+    assert_eq!(s.matrixrtc.public_url, "ws://x");
+    assert!(s.rooms.auto_create);
+}
+
+#[test]
+fn switchboard_and_livekit_variables_with_different_values_are_an_error() {
+    let vars = [
+        ("SWITCHBOARD_MATRIXRTC__PUBLIC_URL", "wss://a.example"),
+        ("LIVEKIT_URL", "wss://b.example"),
+    ];
+    let err = load_err(&["--dev"], &vars, None);
+    assert_eq!(
+        err,
+        "matrixrtc.public_url: SWITCHBOARD_MATRIXRTC__PUBLIC_URL and LIVEKIT_URL are both set, \
+         to different values; set only one"
+    );
+    assert!(matches!(
+        load(&["--dev"], &vars, None),
+        Err(ConfigError::ConflictingEnvValues { .. })
+    ));
+    let vars = [
+        ("SWITCHBOARD_MATRIXRTC__FULL_ACCESS_HOMESERVERS", "a.org"),
+        ("LIVEKIT_FULL_ACCESS_HOMESERVERS", "*"),
+    ];
+    let err = load_err(&["--dev"], &vars, None);
+    assert_eq!(
+        err,
+        "matrixrtc.full_access_homeservers: SWITCHBOARD_MATRIXRTC__FULL_ACCESS_HOMESERVERS and \
+         LIVEKIT_FULL_ACCESS_HOMESERVERS are both set, to different values; set only one"
+    );
+}
+
+#[test]
+fn switchboard_and_livekit_variables_with_equal_values_are_accepted() {
+    let vars = [
+        ("SWITCHBOARD_MATRIXRTC__PUBLIC_URL", "wss://a.example"),
+        ("LIVEKIT_URL", " wss://a.example "),
+        (
+            "SWITCHBOARD_MATRIXRTC__FULL_ACCESS_HOMESERVERS",
+            "a.org,b.org",
+        ),
+        ("LIVEKIT_FULL_ACCESS_HOMESERVERS", "b.org, a.org"),
+        ("LIVEKIT_KEYS", "k: s"),
+    ];
+    let s = load_ok(&[], &vars, None);
+    assert_eq!(s.matrixrtc.public_url, "wss://a.example");
+    assert_eq!(s.matrixrtc.full_access_homeservers.len(), 2);
+    assert!(s.matrixrtc.enabled);
+}
+
+#[test]
+fn full_access_entries_must_be_non_empty_and_without_spaces() {
+    let err = load_err(
+        &["--dev"],
+        &[],
+        Some("[matrixrtc]\nfull_access_homeservers = [\"a.org\", \"\"]\n"),
+    );
+    assert_eq!(
+        err,
+        "matrixrtc.full_access_homeservers: invalid value [\"a.org\", \"\"] in config file: \
+         expected a list of Matrix server names without spaces, or [\"*\"] alone for every \
+         server (comma separated in the environment)"
+    );
+    let err = load_err(
+        &["--dev"],
+        &[],
+        Some("[matrixrtc]\nfull_access_homeservers = [\"exa mple.org\"]\n"),
+    );
+    assert!(
+        err.starts_with("matrixrtc.full_access_homeservers: invalid value [\"exa mple.org\"]"),
+        "{err}"
+    );
+    let err = load_err(
+        &["--dev"],
+        &[(
+            "SWITCHBOARD_MATRIXRTC__FULL_ACCESS_HOMESERVERS",
+            "a.org, b org",
+        )],
+        None,
+    );
+    assert!(
+        err.starts_with(
+            "matrixrtc.full_access_homeservers: invalid value \"a.org, b org\" in \
+             SWITCHBOARD_MATRIXRTC__FULL_ACCESS_HOMESERVERS"
+        ),
+        "{err}"
+    );
+    let err = load_err(
+        &["--dev"],
+        &[],
+        Some("[matrixrtc]\nfull_access_homeservers = [\"a.org\", 5]\n"),
+    );
+    assert!(
+        err.starts_with("matrixrtc.full_access_homeservers: invalid value [\"a.org\", 5]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn star_is_only_accepted_alone() {
+    let err = load_err(
+        &["--dev"],
+        &[],
+        Some("[matrixrtc]\nfull_access_homeservers = [\"*\", \"a.org\"]\n"),
+    );
+    assert!(
+        err.starts_with("matrixrtc.full_access_homeservers: invalid value [\"*\", \"a.org\"]"),
+        "{err}"
+    );
+    let err = load_err(
+        &["--dev"],
+        &[("LIVEKIT_FULL_ACCESS_HOMESERVERS", "a.org,*")],
+        None,
+    );
+    assert!(
+        err.starts_with(
+            "matrixrtc.full_access_homeservers: invalid value \"a.org,*\" in \
+             LIVEKIT_FULL_ACCESS_HOMESERVERS: expected"
+        ),
+        "{err}"
+    );
+    // A repeated star is still a star alone.
+    let s = load_ok(
+        &["--dev"],
+        &[("LIVEKIT_FULL_ACCESS_HOMESERVERS", "*, *")],
+        None,
+    );
+    assert_eq!(s.matrixrtc.full_access_homeservers, names(&["*"]));
+}
+
+#[test]
+fn public_url_needs_a_websocket_or_http_scheme_and_a_host() {
+    for good in [
+        "wss://rtc.example.org",
+        "ws://127.0.0.1:7880",
+        "ws://[::1]:7880/",
+        "http://rtc.example.org/livekit/sfu",
+        "https://rtc.example.org:443",
+        "WSS://RTC.EXAMPLE.ORG",
+    ] {
+        let s = load_ok(&["--dev"], &[("LIVEKIT_URL", good)], None);
+        assert_eq!(s.matrixrtc.public_url, good);
+    }
+    for bad in [
+        "rtc.example.org",
+        "ftp://rtc.example.org",
+        "wss://",
+        "wss:///path",
+        "wss://:443",
+        "wss://rtc.example.org:0",
+        "wss://rtc.example.org:65536",
+        "wss://rtc.example.org:",
+        "wss://rtc.example.org:x",
+        "wss://rtc.example.org?a=b",
+        "wss://rtc.example.org/#x",
+        "wss://user@rtc.example.org",
+        "wss://rtc example.org",
+        "wss://[::1",
+        "wss://[nonsense]",
+        "wss://::1",
+        "",
+    ] {
+        let err = load_err(
+            &["--dev"],
+            &[("SWITCHBOARD_MATRIXRTC__PUBLIC_URL", bad)],
+            None,
+        );
+        assert_eq!(
+            err,
+            format!(
+                "matrixrtc.public_url: invalid value {bad:?} in \
+                 SWITCHBOARD_MATRIXRTC__PUBLIC_URL: expected a ws://, wss://, http:// or \
+                 https:// URL with a host (and optionally a port and a path)"
+            )
+        );
+    }
+    let err = load_err(&["--dev"], &[("LIVEKIT_URL", "rtc.example.org")], None);
+    assert!(
+        err.starts_with("matrixrtc.public_url: invalid value \"rtc.example.org\" in LIVEKIT_URL"),
+        "{err}"
+    );
+    let err = load_err(&["--dev"], &[], Some("[matrixrtc]\npublic_url = 5\n"));
+    assert!(
+        err.starts_with("matrixrtc.public_url: invalid value 5 in config file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn homeserver_urls_need_http_urls_and_non_empty_names() {
+    let err = load_err(
+        &["--dev"],
+        &[],
+        Some("[matrixrtc.homeserver_urls]\n\"a.org\" = \"wss://hs.a.org\"\n"),
+    );
+    assert_eq!(
+        err,
+        "matrixrtc.homeserver_urls: invalid value { \"a.org\" = \"wss://hs.a.org\" } in config \
+         file: expected server names mapped to http:// or https:// URLs with a host (and \
+         optionally a port and a path); comma separated name=url pairs in the environment"
+    );
+    for file in [
+        "[matrixrtc.homeserver_urls]\n\"\" = \"https://hs.a.org\"\n",
+        "[matrixrtc.homeserver_urls]\n\"a org\" = \"https://hs.a.org\"\n",
+        "[matrixrtc.homeserver_urls]\n\"a.org\" = 8008\n",
+        "[matrixrtc.homeserver_urls]\n\"a.org\" = \"https://\"\n",
+        "[matrixrtc]\nhomeserver_urls = \"a.org=https://hs.a.org\"\n",
+    ] {
+        let err = load_err(&["--dev"], &[], Some(file));
+        assert!(
+            err.starts_with("matrixrtc.homeserver_urls: invalid value "),
+            "{file}: {err}"
+        );
+    }
+    for bad in [
+        "a.org",
+        "=http://hs",
+        "a.org=",
+        "a.org=hs.a.org",
+        "a.org=http://hs?x=1",
+        "a.org=http://one, a.org=http://two",
+    ] {
+        let err = load_err(
+            &["--dev"],
+            &[("SWITCHBOARD_MATRIXRTC__HOMESERVER_URLS", bad)],
+            None,
+        );
+        assert!(
+            err.starts_with(&format!(
+                "matrixrtc.homeserver_urls: invalid value {bad:?} in \
+                 SWITCHBOARD_MATRIXRTC__HOMESERVER_URLS: expected"
+            )),
+            "{err}"
+        );
+    }
+    // The same name twice with the same URL is fine.
+    let s = load_ok(
+        &["--dev"],
+        &[(
+            "SWITCHBOARD_MATRIXRTC__HOMESERVER_URLS",
+            "a.org=http://hs, a.org=http://hs/",
+        )],
+        None,
+    );
+    assert_eq!(s.matrixrtc.homeserver_urls, env(&[("a.org", "http://hs")]));
+}
+
+#[test]
+fn wrongly_typed_matrixrtc_values_name_the_setting() {
+    let err = load_err(&["--dev"], &[], Some("[matrixrtc]\nenabled = \"yes\"\n"));
+    assert_eq!(
+        err,
+        "matrixrtc.enabled: invalid value \"yes\" in config file: \
+         expected true or false (1 or 0 in the environment)"
+    );
+    let err = load_err(
+        &["--dev"],
+        &[],
+        Some("[matrixrtc]\nfull_access_homeservers = \"*\"\n"),
+    );
+    assert!(
+        err.starts_with("matrixrtc.full_access_homeservers: invalid value \"*\" in config file"),
+        "{err}"
+    );
+    let err = load_err(
+        &["--dev"],
+        &[("SWITCHBOARD_MATRIXRTC__ENABLED", "on")],
+        None,
+    );
+    assert!(
+        err.starts_with(
+            "matrixrtc.enabled: invalid value \"on\" in SWITCHBOARD_MATRIXRTC__ENABLED"
+        ),
+        "{err}"
+    );
+    let err = load_err(&["--dev"], &[], Some("matrixrtc = true\n"));
+    assert!(
+        err.starts_with("matrixrtc: invalid value true in config file: expected a table"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_matrixrtc_key_is_named_in_error() {
+    let err = load_err(&["--dev"], &[], Some("[matrixrtc]\nenable = true\n"));
+    assert_eq!(
+        err,
+        "matrixrtc.enable: unknown key in config file \
+         (expected one of: enabled, full_access_homeservers, public_url, homeserver_urls)"
+    );
+    let err = load_err(
+        &["--dev"],
+        &[],
+        Some("[matrixrtc.homeservers]\n\"a\" = \"b\"\n"),
+    );
+    assert!(
+        err.starts_with("matrixrtc.homeservers: unknown key in config file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_matrixrtc_env_var_gets_a_hint() {
+    let err = load_err(&["--dev"], &[("SWITCHBOARD_MATRIXRTC_ENABLED", "1")], None);
+    assert_eq!(
+        err,
+        "SWITCHBOARD_MATRIXRTC_ENABLED: unknown environment variable \
+         (did you mean SWITCHBOARD_MATRIXRTC__ENABLED?)"
+    );
+    let err = load_err(
+        &["--dev"],
+        &[("SWITCHBOARD_MATRIXRTC__URL", "ws://x")],
+        None,
+    );
+    assert_eq!(
+        err,
+        "SWITCHBOARD_MATRIXRTC__URL: unknown environment variable (known in this section: \
+         SWITCHBOARD_MATRIXRTC__ENABLED, SWITCHBOARD_MATRIXRTC__FULL_ACCESS_HOMESERVERS, \
+         SWITCHBOARD_MATRIXRTC__PUBLIC_URL, SWITCHBOARD_MATRIXRTC__HOMESERVER_URLS)"
+    );
+}
+
+#[test]
+fn is_full_access_matches_exact_names_or_star() {
+    let mut m = MatrixRtcSettings {
+        enabled: true,
+        full_access_homeservers: names(&["example.org", "other.org:8448"]),
+        public_url: "wss://rtc.example.org".into(),
+        homeserver_urls: BTreeMap::new(),
+    };
+    assert!(m.is_full_access("example.org"));
+    assert!(m.is_full_access("other.org:8448"));
+    assert!(!m.is_full_access("other.org"));
+    assert!(!m.is_full_access("sub.example.org"));
+    assert!(!m.is_full_access("Example.org"));
+    assert!(!m.is_full_access(""));
+    m.full_access_homeservers = names(&["*"]);
+    assert!(m.is_full_access("anything.example"));
+    m.full_access_homeservers.clear();
+    assert!(!m.is_full_access("example.org"));
+}
+
+#[test]
+fn debug_output_shows_matrixrtc_settings() {
+    let s = load_ok(
+        &["--dev"],
+        &[("LIVEKIT_URL", "wss://rtc.example.org")],
+        None,
+    );
+    let text = format!("{s:?}");
+    assert!(text.contains("matrixrtc: MatrixRtcSettings"), "{text}");
+    assert!(text.contains("wss://rtc.example.org"), "{text}");
+}
+
+#[test]
+fn toml_examples_in_configuration_docs_load() {
+    let doc = include_str!("../../docs/configuration.md");
+    let mut count = 0;
+    for block in doc.split("```toml\n").skip(1) {
+        let example = block.split("```").next().unwrap();
+        load_ok(&["--dev"], &[], Some(example));
+        count += 1;
+    }
+    assert!(count >= 3, "found {count} examples");
 }

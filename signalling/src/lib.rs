@@ -4,6 +4,7 @@
 
 pub mod ids;
 pub mod livekit;
+pub mod matrixrtc;
 pub mod metrics;
 pub mod token;
 
@@ -27,12 +28,19 @@ pub struct AppState {
     pub registry: livekit::room::Registry,
     /// Signalling session tasks alive.
     pub tasks: AtomicI64,
+    /// Checks Matrix OpenID tokens with users' homeservers.
+    pub openid: matrixrtc::openid::OpenIdVerifier,
+    /// Per-address rate limit of the MatrixRTC token endpoints.
+    pub token_limiter: matrixrtc::Limiter,
 }
 
 impl AppState {
     /// State for a server with these settings and media plane.
     pub fn new(settings: Settings, sfu: SfuHandle) -> Arc<Self> {
+        let openid = matrixrtc::openid::OpenIdVerifier::new(&settings.matrixrtc.homeserver_urls);
         Arc::new(Self {
+            openid,
+            token_limiter: matrixrtc::limiter(),
             settings,
             sfu,
             registry: livekit::room::Registry::default(),
@@ -41,9 +49,16 @@ impl AppState {
     }
 }
 
-/// The HTTP surface: `/`, `/metrics`, `/rtc`, `/rtc/validate`, `/rtc/v1`, `/rtc/v1/validate`.
+/// The HTTP surface: `/`, `/metrics`, `/rtc`, `/rtc/validate`, `/rtc/v1`, `/rtc/v1/validate`,
+/// and with MatrixRTC authorisation on, `/sfu/get`, `/get_token`, `/healthz`.
 pub fn router(state: Arc<AppState>) -> Router {
+    let matrixrtc = if state.settings.matrixrtc.enabled {
+        matrixrtc::router()
+    } else {
+        Router::new()
+    };
     Router::new()
+        .merge(matrixrtc)
         .route("/", get(|| async { "OK" }))
         .route("/metrics", get(metrics::render))
         .route("/rtc", get(livekit::rtc))

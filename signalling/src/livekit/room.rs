@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use livekit_protocol as proto;
 use switchboard_sfu::{ParticipantId, TrackId};
@@ -49,6 +49,11 @@ pub struct Room {
     pub info: proto::Room,
     /// Members by SFU participant id.
     pub members: HashMap<ParticipantId, Member>,
+    /// A room created ahead of its participants (MatrixRTC, for a full-access user) stays,
+    /// while empty, until this time; `None`: removed as soon as it is empty.
+    pub keep_until: Option<Instant>,
+    /// How long a created room stays after its last participant left.
+    pub departure_timeout: Duration,
 }
 
 impl Room {
@@ -102,6 +107,27 @@ impl Room {
     }
 }
 
+fn new_room(name: &str, keep_until: Option<Instant>, departure_timeout: Duration) -> Room {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    tracing::info!(room = name, "room created");
+    Room {
+        info: proto::Room {
+            sid: crate::ids::room_sid(),
+            name: name.to_string(),
+            empty_timeout: 300,
+            departure_timeout: departure_timeout.as_secs() as u32,
+            creation_time: now.as_secs() as i64,
+            creation_time_ms: now.as_millis() as i64,
+            ..Default::default()
+        },
+        members: HashMap::new(),
+        keep_until,
+        departure_timeout,
+    }
+}
+
 /// A `ParticipantUpdate` message.
 pub fn update(participants: Vec<proto::ParticipantInfo>) -> proto::signal_response::Message {
     proto::signal_response::Message::Update(proto::ParticipantUpdate { participants })
@@ -114,46 +140,57 @@ pub struct Registry {
 }
 
 impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Room>> {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        // Created rooms whose keep time ran out while empty go now (lazily, on any access).
+        let now = Instant::now();
+        rooms.retain(|name, r| {
+            let keep = !r.members.is_empty() || r.keep_until.is_some_and(|t| t > now);
+            if !keep {
+                tracing::info!(room = %name, "empty room expired");
+            }
+            keep
+        });
+        rooms
+    }
+
     /// Runs `f` on the room named `name`, if it exists.
     pub fn with_room<R>(&self, name: &str, f: impl FnOnce(&mut Room) -> R) -> Option<R> {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        rooms.get_mut(name).map(f)
+        self.lock().get_mut(name).map(f)
     }
 
     /// Runs `f` on the room named `name`, creating it first if needed.
     pub fn with_room_or_create<R>(&self, name: &str, f: impl FnOnce(&mut Room) -> R) -> R {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        let room = rooms.entry(name.to_string()).or_insert_with(|| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            tracing::info!(room = name, "room created");
-            Room {
-                info: proto::Room {
-                    sid: crate::ids::room_sid(),
-                    name: name.to_string(),
-                    empty_timeout: 300,
-                    departure_timeout: 20,
-                    creation_time: now.as_secs() as i64,
-                    creation_time_ms: now.as_millis() as i64,
-                    ..Default::default()
-                },
-                members: HashMap::new(),
-            }
-        });
+        let mut rooms = self.lock();
+        let room = rooms
+            .entry(name.to_string())
+            .or_insert_with(|| new_room(name, None, Duration::ZERO));
         f(room)
+    }
+
+    /// Creates a room ahead of its participants (LiveKit `CreateRoom` semantics: an existing
+    /// room is left as it is). It stays `empty_timeout` while nobody is in it, and
+    /// `departure_timeout` after its last participant left.
+    pub fn create_room(&self, name: &str, empty_timeout: Duration, departure_timeout: Duration) {
+        let mut rooms = self.lock();
+        rooms.entry(name.to_string()).or_insert_with(|| {
+            new_room(
+                name,
+                Some(Instant::now() + empty_timeout),
+                departure_timeout,
+            )
+        });
     }
 
     /// Whether a room exists.
     pub fn exists(&self, name: &str) -> bool {
-        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        rooms.contains_key(name)
+        self.lock().contains_key(name)
     }
 
     /// Removes a member (if it is still `pid`), tells the others it left with `reason`, and
     /// drops the room when it is empty. Returns whether the member was there.
     pub fn remove(&self, name: &str, pid: ParticipantId, reason: proto::DisconnectReason) -> bool {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rooms = self.lock();
         let Some(room) = rooms.get_mut(name) else {
             return false;
         };
@@ -169,15 +206,19 @@ impl Registry {
             room.broadcast(None, || Inbox::Signal(Box::new(update(vec![info.clone()]))));
         }
         if room.members.is_empty() {
-            rooms.remove(name);
-            tracing::info!(room = name, "room closed");
+            if room.keep_until.is_some() {
+                room.keep_until = Some(Instant::now() + room.departure_timeout);
+            } else {
+                rooms.remove(name);
+                tracing::info!(room = name, "room closed");
+            }
         }
         true
     }
 
     /// (rooms, participants) now.
     pub fn counts(&self) -> (usize, usize) {
-        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let rooms = self.lock();
         let participants = rooms.values().map(|r| r.members.len()).sum();
         (rooms.len(), participants)
     }
