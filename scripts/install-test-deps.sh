@@ -46,7 +46,7 @@ mkdir -p "$CACHE"
 exec 9>"$CACHE/.install.lock"
 timeout 900 flock 9 || { log "could not lock $CACHE/.install.lock"; exit 1; }
 
-if [ -f "$VENV/.complete" ] && "$VENV/bin/python" -c 'import livekit.rtc, livekit.api, numpy, pytest' >/dev/null 2>&1; then
+if [ -f "$VENV/.complete" ] && "$VENV/bin/python" -c 'import livekit.rtc, livekit.api, numpy, pytest, synapse' >/dev/null 2>&1; then
   log "venv up to date: $VENV"
 else
   log "building venv $VENV ($pyver)"
@@ -58,7 +58,7 @@ else
   timeout 900 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     --no-input --require-hashes --no-deps --only-binary=:all: -r "$REQ" >&2
   "$VENV/bin/python" -m pip check >&2
-  "$VENV/bin/python" -c 'import livekit.rtc, livekit.api, numpy, pytest' >&2
+  "$VENV/bin/python" -c 'import livekit.rtc, livekit.api, numpy, pytest, synapse' >&2
   cp "$REQ" "$VENV/requirements.lock.txt"
   touch "$VENV/.complete"
   log "venv ready: $VENV"

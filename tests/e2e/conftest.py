@@ -83,12 +83,13 @@ def workdir(tmp_path) -> Path:
 
 @pytest.fixture
 def start_server(netns, workdir, request):
-    """start_server(*extra_args) -> harness.Server, ready (GET / == OK); stopped at teardown.
+    """start_server(*extra_args, env={...}) -> harness.Server, ready (GET / == OK); stopped at
+    teardown. `env` adds variables (e.g. SWITCHBOARD_* settings) to this server's environment.
     Its log (stdout+stderr) is attached to the report of a failing test."""
     servers: list[harness.Server] = []
 
-    def _start(*args: str) -> harness.Server:
-        s = harness.Server(netns, workdir, list(args))
+    def _start(*args: str, env: dict[str, str] | None = None) -> harness.Server:
+        s = harness.Server(netns, workdir, list(args), env=env)
         servers.append(s)
         register_log(request, "server log", s.log)
         return s.start()
@@ -123,3 +124,26 @@ def peers(netns, workdir, request):
     yield _peer
     for p in started:
         p.kill()
+
+
+@pytest.fixture
+def raw_ws(netns):
+    """raw_ws(path, headers=[]) -> (lkproto.SignalClient | None, lkproto.HttpReply): a raw
+    LiveKit signalling client (no SDK) on a WebSocket to the server in the test's namespace;
+    the client is None when the upgrade was refused. All are closed at teardown."""
+    import lkproto
+
+    opened: list[lkproto.WebSocket] = []
+
+    def _open(path: str, headers: list[str] = (), timeout: float = 5.0):
+        ws = lkproto.WebSocket(netns.tcp_connect(timeout=timeout))
+        opened.append(ws)
+        reply = ws.handshake(f"127.0.0.1:{harness.HTTP_PORT}", path, list(headers), timeout=timeout)
+        if reply.status != 101:
+            ws.sock.close()
+            return None, reply
+        return lkproto.SignalClient(ws), reply
+
+    yield _open
+    for ws in opened:
+        ws.close()

@@ -6,6 +6,7 @@ nothing leaves the machine. pytest itself stays in the root namespace.
 """
 from __future__ import annotations
 
+import ctypes
 import datetime
 import itertools
 import json
@@ -13,8 +14,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,8 @@ WS_URL = f"ws://127.0.0.1:{HTTP_PORT}"
 HTTP_URL = f"http://127.0.0.1:{HTTP_PORT}"
 
 NS_PREFIX = "sbtest-"
+_libc = ctypes.CDLL(None, use_errno=True)
+_CLONE_NEWNET = 0x40000000
 _ns_counter = itertools.count(1)
 
 
@@ -139,6 +144,39 @@ class Netns:
         _run([self.ip, "netns", "del", self.name], check=False)
         self.created = False
 
+    # --- sockets inside the namespace, used from pytest ----------------------------
+    def socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> socket.socket:
+        """A socket that lives in this namespace, for use by pytest (which stays in the root
+        namespace): a short-lived helper thread enters the namespace (setns(2) affects only
+        the calling thread) and creates it; the socket keeps its namespace for good."""
+        out: dict = {}
+
+        def make() -> None:
+            try:
+                fd = os.open(f"/var/run/netns/{self.name}", os.O_RDONLY)
+                try:
+                    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                        err = ctypes.get_errno()
+                        raise OSError(err, f"setns({self.name}): {os.strerror(err)}")
+                    out["sock"] = socket.socket(family, type)
+                finally:
+                    os.close(fd)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+                out["err"] = e
+
+        t = threading.Thread(target=make, name=f"setns-{self.name}")
+        t.start()
+        t.join(10)
+        if "err" in out:
+            raise out["err"]
+        return out["sock"]
+
+    def tcp_connect(self, host: str = "127.0.0.1", port: int = HTTP_PORT, timeout: float = 5) -> socket.socket:
+        s = self.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect((host, port))
+        return s
+
     # --- HTTP from inside the namespace -------------------------------------------
     def nshttp(self, *args: str, timeout: float = 30) -> dict:
         r = self.run([PYTHON, str(NSHTTP_SCRIPT), *args], timeout=timeout)
@@ -198,9 +236,10 @@ def metric(metrics: dict[str, float], name: str) -> float | None:
 
 
 class Server:
-    def __init__(self, ns: Netns, workdir: Path, args: list[str]) -> None:
+    def __init__(self, ns: Netns, workdir: Path, args: list[str], env: dict[str, str] | None = None) -> None:
         self.ns = ns
         self.args = args
+        self.extra_env = dict(env or {})  # e.g. SWITCHBOARD_* settings for this server only
         self.log = workdir / f"server{'-' + '_'.join(a.strip('-') for a in args) if args else ''}.log"
         self.proc: subprocess.Popen | None = None
         self.ready = False
@@ -215,6 +254,7 @@ class Server:
         env.setdefault("RUST_LOG", "info")
         env.setdefault("NO_COLOR", "1")  # plain log file
         env.setdefault("RUST_BACKTRACE", "1")
+        env.update(self.extra_env)
         cmd = [str(binary), "--dev", "--node-ip", NODE_IP, *self.args]
         self.proc = self.ns.popen(cmd, self.log, env=env)
         r = self.ns.nshttp("wait-ready", HTTP_URL + "/", "--timeout", str(ready_timeout), "--expect-body", "OK",
@@ -232,6 +272,22 @@ class Server:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid  # `ip netns exec` execs the server: this is the server's pid
+
+    def fd_count(self) -> int:
+        """Open file descriptors of the server process."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def rss_kb(self) -> int:
+        """Resident memory of the server (VmRSS, kB)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError(f"no VmRSS in /proc/{self.pid}/status")
 
     def stop(self, timeout: float = 10) -> int | None:
         if self.proc is None:
@@ -272,9 +328,10 @@ class Server:
 
 # --------------------------------------------------------------------------- tokens --
 def make_token(identity: str, room: str, *, key: str = API_KEY, secret: str = API_SECRET,
-               ttl: datetime.timedelta | None = None, room_join: bool | None = True) -> str:
+               ttl: datetime.timedelta | None = None, room_join: bool | None = True, **grants) -> str:
+    """`grants`: further api.VideoGrants fields, e.g. can_publish=False, hidden=True."""
     t = api.AccessToken(key, secret).with_identity(identity).with_name(identity)
-    t = t.with_grants(api.VideoGrants(room_join=room_join, room=room))
+    t = t.with_grants(api.VideoGrants(room_join=room_join, room=room, **grants))
     if ttl is not None:
         t = t.with_ttl(ttl)
     return t.to_jwt()
@@ -302,15 +359,16 @@ class Peer:
     connect_timeout: float = 20.0
     wait_timeout: float = 20.0
     token: str | None = None
+    tag: str | None = None  # names the result/log files instead of the identity (two peers, one identity)
     proc: subprocess.Popen | None = None
 
     @property
     def out(self) -> Path:
-        return self.workdir / f"peer-{self.identity}.json"
+        return self.workdir / f"peer-{self.tag or self.identity}.json"
 
     @property
     def log(self) -> Path:
-        return self.workdir / f"peer-{self.identity}.log"
+        return self.workdir / f"peer-{self.tag or self.identity}.log"
 
     @property
     def hard_timeout(self) -> float:
@@ -356,6 +414,41 @@ class Peer:
         res = json.loads(self.out.read_text())
         res["_exit"] = self.proc.returncode
         return res
+
+    @property
+    def live_events(self) -> Path:
+        return self.workdir / f"peer-{self.tag or self.identity}.json.events.jsonl"
+
+    def events_so_far(self) -> list[dict]:
+        """The peer's events up to now (peer.py appends each to a file as it happens)."""
+        try:
+            text = self.live_events.read_text()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass  # a line being written
+        return out
+
+    def wait_event(self, etype: str, timeout: float, /, count: int = 1, **match) -> list[dict]:
+        """Wait (at most `timeout` s) until the running peer has had `count` events of type `etype`
+        with the given fields; return them. AssertionError if not, or if the peer exits first."""
+        t_end = time.monotonic() + timeout
+        while True:
+            got = [e for e in self.events_so_far()
+                   if e["type"] == etype and all(e.get(k) == v for k, v in match.items())]
+            if len(got) >= count:
+                return got
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"peer {self.tag or self.identity} exited ({self.proc.returncode}) before"
+                                     f" {count} {etype} {match}; had {got}; log {self.log}:\n{tail(self.log, 30)}")
+            if time.monotonic() > t_end:
+                raise AssertionError(f"peer {self.tag or self.identity}: {len(got)} of {count} {etype} {match}"
+                                     f" within {timeout}s; events {[e['type'] for e in self.events_so_far()]}")
+            time.sleep(0.2)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -13,6 +13,13 @@ row A (y 60..100) and their complement in row B (y 140..180) on a grey 320x240 f
 A frame decodes only if every block of row A is the opposite of row B, so a blurred or
 half-decoded frame is counted as undecodable instead of giving a wrong counter.
 
+Scheduled actions (--at T:ACTION, T seconds after the peer is set up, i.e. after --wait-for,
+--settle and data sending): mute-audio / unmute-audio (local audio track), disable-remote /
+enable-remote (RemoteTrackPublication enabled flag, which the SDK sends as
+UpdateTrackSettings{disabled}; 1.2.1 has no Python method for it, so through its FFI request).
+
+Every event is also appended, as it happens, to <out>.events.jsonl (one JSON object a line).
+
 Exit codes: 0 = ran to the end, 2 = could not connect (connect_error is in the JSON),
 3 = other failure (error in the JSON). The JSON is written in every case.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -29,6 +37,9 @@ import traceback
 
 import numpy as np
 from livekit import rtc
+from livekit.rtc._ffi_client import FfiClient
+from livekit.rtc._proto import ffi_pb2
+from livekit.rtc._proto.participant_pb2 import DisconnectReason
 
 W, H = 320, 240
 FPS = 15
@@ -91,7 +102,11 @@ async def publish_video(room: rtc.Room, args, result: dict, stop: asyncio.Event)
     source = rtc.VideoSource(W, H)
     track = rtc.LocalVideoTrack.create_video_track("counter-video", source)
     opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=args.simulcast)
-    pub = await asyncio.wait_for(room.local_participant.publish_track(track, opts), 20)
+    pub = await publish_or_record(room, track, opts, "video", args, result)
+    if pub is None:
+        await source.aclose()
+        return
+    LOCAL_TRACKS["video"] = track
     result["published"]["video"] = {"sid": pub.sid, "sent": []}
     sent = result["published"]["video"]["sent"]
     base = np.full((H, W, 4), 128, dtype=np.uint8)
@@ -114,11 +129,32 @@ async def publish_video(room: rtc.Room, args, result: dict, stop: asyncio.Event)
         await source.aclose()
 
 
+LOCAL_TRACKS: dict[str, rtc.Track] = {}  # kind -> our published track (for --at mute-audio)
+
+
+async def publish_or_record(room: rtc.Room, track, opts, kind: str, args, result: dict):
+    """publish_track; with --publish-may-fail a failure (or no answer within
+    --publish-timeout) is recorded in result["publish_errors"] instead of failing the peer."""
+    t0 = time.time()
+    try:
+        return await asyncio.wait_for(room.local_participant.publish_track(track, opts), args.publish_timeout)
+    except Exception as e:  # noqa: BLE001
+        if not args.publish_may_fail:
+            raise
+        result["publish_errors"][kind] = {"error": f"{type(e).__name__}: {e}", "after_s": time.time() - t0}
+        log("publishing", kind, "failed:", result["publish_errors"][kind])
+        return None
+
+
 async def publish_audio(room: rtc.Room, args, result: dict, stop: asyncio.Event) -> None:
     source = rtc.AudioSource(SAMPLE_RATE, 1)
     track = rtc.LocalAudioTrack.create_audio_track("tone", source)
     opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-    pub = await asyncio.wait_for(room.local_participant.publish_track(track, opts), 20)
+    pub = await publish_or_record(room, track, opts, "audio", args, result)
+    if pub is None:
+        await source.aclose()
+        return
+    LOCAL_TRACKS["audio"] = track
     result["published"]["audio"] = {"sid": pub.sid, "hz": args.tone, "frames": 0}
     spf = SAMPLE_RATE * AUDIO_FRAME_MS // 1000
     t0 = time.monotonic()
@@ -142,7 +178,7 @@ async def publish_audio(room: rtc.Room, args, result: dict, stop: asyncio.Event)
 
 
 # --------------------------------------------------------------------------- receive --
-async def receive_video(track: rtc.RemoteVideoTrack, rec: dict, stop: asyncio.Event) -> None:
+async def receive_video(track: rtc.RemoteVideoTrack, rec: dict, stop: asyncio.Event, on_first=None) -> None:
     stream = rtc.VideoStream(track, format=rtc.VideoBufferType.RGBA)
     seen: dict[int, float] = {}
     rec.update(frames=0, undecodable=0, counters=[], first_frame_t=None, sizes={})
@@ -168,11 +204,13 @@ async def receive_video(track: rtc.RemoteVideoTrack, rec: dict, stop: asyncio.Ev
             elif c not in seen:
                 seen[c] = now
                 rec["counters"].append([c, now])
+                if on_first and len(rec["counters"]) == 1:
+                    on_first()  # the first frame that carried a counter
     finally:
         await stream.aclose()
 
 
-async def receive_audio(track: rtc.RemoteAudioTrack, rec: dict, stop: asyncio.Event) -> None:
+async def receive_audio(track: rtc.RemoteAudioTrack, rec: dict, stop: asyncio.Event, on_first=None) -> None:
     stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
     chunks: list[np.ndarray] = []
     rec.update(frames=0, first_frame_t=None)
@@ -187,6 +225,8 @@ async def receive_audio(track: rtc.RemoteAudioTrack, rec: dict, stop: asyncio.Ev
                 break
             if rec["first_frame_t"] is None:
                 rec["first_frame_t"] = time.time()
+                if on_first:
+                    on_first()
             rec["frames"] += 1
             chunks.append(np.frombuffer(ev.frame.data, dtype=np.int16).copy())
     finally:
@@ -290,7 +330,70 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--send-data", type=int, default=0, help="send this many reliable packets (topic 'seq') to all")
     p.add_argument("--send-private", default="", help="send one reliable packet (topic 'private') to this identity only")
     p.add_argument("--no-receive", action="store_true", help="do not read media of subscribed tracks")
+    p.add_argument("--exit-on-disconnect", action="store_true",
+                   help="stop (and write the result) as soon as the room is disconnected")
+    p.add_argument("--publish-timeout", type=float, default=20.0, help="bound on each publish_track")
+    p.add_argument("--publish-may-fail", action="store_true",
+                   help="record a failed publish_track in publish_errors instead of failing")
+    p.add_argument("--send-sizes", default="",
+                   help="comma-separated payload sizes (bytes): one reliable packet each, topic 'sized'")
+    p.add_argument("--send-gap", type=float, default=0.0, help="seconds between --send-sizes packets")
+    p.add_argument("--send-lossy", type=int, default=0, help="send this many lossy packets (topic 'lossy'), 20 ms apart")
+    p.add_argument("--at", action="append", default=[], metavar="T:ACTION",
+                   help="at T s after setup: mute-audio, unmute-audio, disable-remote, enable-remote")
     return p.parse_args(argv)
+
+
+def live_event(args, e: dict) -> None:
+    """Also append the event to <out>.events.jsonl as it happens, so the test can wait on it
+    while the peer still runs (harness.Peer.wait_event)."""
+    with open(args.out + ".events.jsonl", "a") as f:
+        f.write(json.dumps(e) + "\n")
+
+
+def sized_payload(i: int, size: int) -> bytes:
+    """Deterministic payload of exactly `size` bytes for packet i (the tests recompute it)."""
+    head = f"{i}:{size}:".encode()
+    body = hashlib.sha256(head).digest() * (size // 32 + 1)
+    return (head + body)[:size] if size >= len(head) else head[:size]
+
+
+def enable_remote(pub: rtc.RemoteTrackPublication, enabled: bool) -> None:
+    """RemoteTrackPublication.set_enabled of the Rust SDK (UpdateTrackSettings{disabled})."""
+    req = ffi_pb2.FfiRequest()
+    req.enable_remote_track_publication.track_publication_handle = pub._ffi_handle.handle
+    req.enable_remote_track_publication.enabled = enabled
+    FfiClient.instance.request(req)
+
+
+async def run_actions(room: rtc.Room, actions: list[tuple[float, str]], base: float, args, result: dict,
+                      stop: asyncio.Event) -> None:
+    for at, what in sorted(actions):
+        delay = base + at - time.monotonic()
+        if delay > 0:
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                return
+            except asyncio.TimeoutError:
+                pass
+        done: dict = {"t": time.time(), "type": "action", "action": what}
+        if what in ("mute-audio", "unmute-audio"):
+            track = LOCAL_TRACKS.get("audio")
+            if track is None:
+                raise RuntimeError(f"{what}: no published audio track")
+            track.mute() if what == "mute-audio" else track.unmute()
+        elif what in ("disable-remote", "enable-remote"):
+            sids = []
+            for p in room.remote_participants.values():
+                for pub in p.track_publications.values():
+                    enable_remote(pub, what == "enable-remote")
+                    sids.append(pub.sid)
+            done["sids"] = sids
+        else:
+            raise ValueError(f"unknown action {what!r}")
+        result["events"].append(done)
+        live_event(args, done)
+        log("action", what, done.get("sids", ""))
 
 
 async def run(args: argparse.Namespace, result: dict) -> int:
@@ -304,7 +407,9 @@ async def run(args: argparse.Namespace, result: dict) -> int:
     events = result["events"]
 
     def ev(etype: str, /, **kw) -> None:
-        events.append({"t": time.time(), "type": etype, **kw})
+        e = {"t": time.time(), "type": etype, **kw}
+        events.append(e)
+        live_event(args, e)
 
     def on(name: str):
         """room.on(name), but an exception in the handler is recorded (the SDK only logs it)."""
@@ -324,11 +429,23 @@ async def run(args: argparse.Namespace, result: dict) -> int:
 
     @on("participant_connected")
     def _pc(p: rtc.RemoteParticipant) -> None:
-        ev("participant_connected", identity=p.identity)
+        ev("participant_connected", identity=p.identity, sid=p.sid)
 
     @on("participant_disconnected")
     def _pd(p: rtc.RemoteParticipant) -> None:
-        ev("participant_disconnected", identity=p.identity)
+        ev("participant_disconnected", identity=p.identity, sid=p.sid)
+
+    @on("track_unpublished")
+    def _tup(pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
+        ev("track_unpublished", identity=p.identity, sid=pub.sid, kind=rtc.TrackKind.Name(pub.kind))
+
+    @on("track_muted")
+    def _tm(p: rtc.Participant, pub: rtc.TrackPublication) -> None:
+        ev("track_muted", identity=p.identity, sid=pub.sid, kind=rtc.TrackKind.Name(pub.kind))
+
+    @on("track_unmuted")
+    def _tum(p: rtc.Participant, pub: rtc.TrackPublication) -> None:
+        ev("track_unmuted", identity=p.identity, sid=pub.sid, kind=rtc.TrackKind.Name(pub.kind))
 
     @on("track_published")
     def _tp(pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
@@ -346,7 +463,12 @@ async def run(args: argparse.Namespace, result: dict) -> int:
         rec["sid"] = track.sid
         rec["subscribed_t"] = time.time()
         rec["encryption"] = int(pub.encryption_type)
-        coro = receive_video(track, rec, stop) if kind == "video" else receive_audio(track, rec, stop)
+        def first(identity=p.identity, kind=kind) -> None:
+            # video: first frame with a decoded counter; audio: first frame
+            ev("first_frame", identity=identity, kind=kind)
+
+        recv = receive_video if kind == "video" else receive_audio
+        coro = recv(track, rec, stop, first)
         tasks.append(asyncio.ensure_future(coro))
 
     @on("track_unsubscribed")
@@ -359,11 +481,15 @@ async def run(args: argparse.Namespace, result: dict) -> int:
 
     @on("data_received")
     def _dr(pkt: rtc.DataPacket) -> None:
+        data = bytes(pkt.data)
         result["data"].append({
             "t": time.time(),
             "from": pkt.participant.identity if pkt.participant else None,
             "topic": pkt.topic,
-            "payload": pkt.data.decode("utf-8", "replace"),
+            # whole payload only when short; long ones by length and digest
+            "payload": data.decode("utf-8", "replace") if len(data) <= 256 else data[:64].decode("utf-8", "replace"),
+            "len": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
             "kind": rtc.DataPacketKind.Name(pkt.kind),
         })
 
@@ -377,7 +503,13 @@ async def run(args: argparse.Namespace, result: dict) -> int:
 
     @on("disconnected")
     def _dc(reason) -> None:
-        ev("disconnected", reason=str(reason))
+        try:
+            name = DisconnectReason.Name(reason)
+        except ValueError:
+            name = None
+        ev("disconnected", reason=str(reason), reason_name=name)
+        if args.exit_on_disconnect:
+            stop.set()
 
     for name in ("reconnecting", "reconnected"):
         on(name)((lambda n: (lambda *a: ev(n)))(name))
@@ -438,6 +570,28 @@ async def run(args: argparse.Namespace, result: dict) -> int:
                 f"private-for:{args.send_private}", reliable=True, topic="private",
                 destination_identities=[args.send_private]), 10)
             result["sent_private_to"] = args.send_private
+        if args.send_sizes:
+            result["sent_sized"] = []
+            for i, size in enumerate(int(x) for x in args.send_sizes.split(",")):
+                entry = {"i": i, "size": size, "error": None}
+                try:
+                    await asyncio.wait_for(room.local_participant.publish_data(
+                        sized_payload(i, size), reliable=True, topic="sized"), 10)
+                except Exception as e:  # noqa: BLE001 - the tests look at which sizes the SDK refuses
+                    entry["error"] = f"{type(e).__name__}: {e}"
+                result["sent_sized"].append(entry)
+                if args.send_gap:
+                    await asyncio.sleep(args.send_gap)
+        if args.send_lossy:
+            result["sent_lossy"] = 0
+            for i in range(args.send_lossy):
+                await asyncio.wait_for(room.local_participant.publish_data(
+                    f"lossy:{i}", reliable=False, topic="lossy"), 10)
+                result["sent_lossy"] += 1
+                await asyncio.sleep(0.02)
+        if args.at:
+            actions = [(float(a.split(":", 1)[0]), a.split(":", 1)[1]) for a in args.at]
+            tasks.append(asyncio.ensure_future(run_actions(room, actions, time.monotonic(), args, result, stop)))
 
         remaining = deadline_base + args.duration - time.monotonic()
         if remaining > 0:
@@ -450,6 +604,8 @@ async def run(args: argparse.Namespace, result: dict) -> int:
             if t.done() and t.exception() is not None:
                 raise t.exception()
     finally:
+        # who this peer sees in the room at the end (identity -> sid)
+        result["final_participants"] = {p.identity: p.sid for p in room.remote_participants.values()}
         if room.isconnected() and args.e2ee_key is not None:
             note_cryptors(room, result)
         if room.isconnected():
@@ -476,6 +632,7 @@ def main(argv: list[str]) -> int:
     result: dict = {
         "pid": os.getpid(), "started": time.time(), "connected": None, "connect_error": None,
         "events": [], "remote": {}, "data": [], "published": {}, "error": None, "callback_errors": [],
+        "publish_errors": {},
     }
     code = 3
     try:

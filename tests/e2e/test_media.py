@@ -28,8 +28,18 @@ def check_av(results: dict, receiver: str, sender: str, *, window: float = WINDO
 @pytest.mark.parametrize("single_pc", ["default", "false"], ids=["client-default", "client-single_pc=False"])
 @pytest.mark.parametrize("server_args", [[], ["--disable-rtc-v1"]], ids=["server-default", "server-disable-rtc-v1"])
 def test_two_participants_exchange_audio_and_video(start_server, peers, server_args, single_pc):
-    start_server(*server_args)
+    server = start_server(*server_args)
     room = "!abc:example.org"
+    if "--disable-rtc-v1" in server_args:
+        # the fallback to /rtc only happens on a 404 for /rtc/v1 (and, for JS, a CORS'd 404
+        # on /rtc/v1/validate); make sure that is what this server answers
+        tok = harness.make_token("probe", room)
+        r = server.ns.ws_upgrade(f"/rtc/v1?access_token={tok}&join_request=AAAA")
+        assert r["status"] == 404, f"/rtc/v1 with --disable-rtc-v1: {r['status_line']} {r['body'][:200]!r}"
+        r = server.ns.http_get(f"/rtc/v1/validate?access_token={tok}&join_request=AAAA")
+        assert r["status"] == 404, f"/rtc/v1/validate with --disable-rtc-v1: {r}"
+        acao = {k.lower(): v for k, v in r["headers"].items()}.get("access-control-allow-origin")
+        assert acao == "*", f"/rtc/v1/validate 404 without Access-Control-Allow-Origin: * ({r['headers']})"
     duration = WINDOW_S + 8  # leaves up to ~7 s for join + first frame
     ps = [peers(who, room, duration=duration, tone=TONES[who], video=True, single_pc=single_pc)
           for who in ("alice", "bob")]

@@ -84,6 +84,24 @@ impl Room {
         }
     }
 
+    /// Takes a member out and tells the others it left with `reason` (state `DISCONNECTED`).
+    pub fn remove_member(
+        &mut self,
+        pid: ParticipantId,
+        reason: proto::DisconnectReason,
+    ) -> Option<Member> {
+        let m = self.members.remove(&pid)?;
+        if !m.hidden {
+            let mut info = m.info.clone();
+            info.state = proto::participant_info::State::Disconnected as i32;
+            info.disconnect_reason = reason as i32;
+            info.version += 1;
+            info.tracks.clear();
+            self.broadcast(None, || Inbox::Signal(Box::new(update(vec![info.clone()]))));
+        }
+        Some(m)
+    }
+
     /// Infos of everyone visible to `viewer`.
     pub fn others(&self, viewer: ParticipantId) -> Vec<proto::ParticipantInfo> {
         self.members
@@ -194,16 +212,8 @@ impl Registry {
         let Some(room) = rooms.get_mut(name) else {
             return false;
         };
-        let Some(mut m) = room.members.remove(&pid) else {
+        if room.remove_member(pid, reason).is_none() {
             return false;
-        };
-        if !m.hidden {
-            m.info.state = proto::participant_info::State::Disconnected as i32;
-            m.info.disconnect_reason = reason as i32;
-            m.info.version += 1;
-            m.info.tracks.clear();
-            let info = m.info;
-            room.broadcast(None, || Inbox::Signal(Box::new(update(vec![info.clone()]))));
         }
         if room.members.is_empty() {
             if room.keep_until.is_some() {

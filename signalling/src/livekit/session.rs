@@ -314,6 +314,8 @@ impl Session {
         let hidden = self.hidden;
         let (room_info, others, replaced) =
             self.state.registry.with_room_or_create(&self.room, |room| {
+                // The session this one replaces leaves first, so everyone (this client not yet
+                // among them) sees the old participant go before the new one arrives.
                 let replaced: Vec<ParticipantId> = room
                     .members
                     .iter()
@@ -321,17 +323,15 @@ impl Session {
                     .map(|(p, _)| *p)
                     .collect();
                 for old in &replaced {
-                    if let Some(m) = room.members.get(old) {
+                    if let Some(m) =
+                        room.remove_member(*old, proto::DisconnectReason::DuplicateIdentity)
+                    {
                         let _ = m
                             .inbox
                             .send(Inbox::Close(proto::DisconnectReason::DuplicateIdentity));
                     }
                 }
                 let others = room.others(pid);
-                let others = others
-                    .into_iter()
-                    .filter(|o| o.identity != identity)
-                    .collect::<Vec<_>>();
                 room.members.insert(
                     pid,
                     Member {
@@ -342,12 +342,9 @@ impl Session {
                     },
                 );
                 room.announce(pid, false);
-                (room.info.clone(), others, replaced)
+                (room.info.clone(), others, !replaced.is_empty())
             });
-        for old in replaced {
-            self.state
-                .registry
-                .remove(&self.room, old, proto::DisconnectReason::DuplicateIdentity);
+        if replaced {
             tracing::info!("previous session with the same identity replaced");
         }
         let router = LiveKitDataRouter {
