@@ -32,6 +32,10 @@ pub struct AppState {
     pub openid: matrixrtc::openid::OpenIdVerifier,
     /// Per-address rate limit of the MatrixRTC token endpoints.
     pub token_limiter: matrixrtc::Limiter,
+    /// Delegated delayed-leave jobs (MSC4140).
+    pub delegations: matrixrtc::delegation::Delegations,
+    /// HTTP client for homeserver requests (bounded timeouts, rustls).
+    pub http: reqwest::Client,
 }
 
 impl AppState {
@@ -41,6 +45,11 @@ impl AppState {
         Arc::new(Self {
             openid,
             token_limiter: matrixrtc::limiter(),
+            delegations: Default::default(),
+            http: reqwest::Client::builder()
+                .timeout(matrixrtc::openid::LOOKUP_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
             settings,
             sfu,
             registry: livekit::room::Registry::default(),

@@ -226,6 +226,13 @@ impl Registry {
         true
     }
 
+    /// Whether a participant with this identity is in the room.
+    pub fn has_identity(&self, name: &str, identity: &str) -> bool {
+        self.lock()
+            .get(name)
+            .is_some_and(|r| r.members.values().any(|m| m.info.identity == identity))
+    }
+
     /// (rooms, participants) now.
     pub fn counts(&self) -> (usize, usize) {
         let rooms = self.lock();

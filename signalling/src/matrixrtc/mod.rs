@@ -4,10 +4,11 @@
 //! exactly as lk-jwt-service does. Users of full-access homeservers also create the room.
 //!
 //! Endpoints: `POST /sfu/get` (legacy, Element Call's own publishing), `POST /get_token`
-//! (Matrix 2.0), `GET|HEAD /healthz`, `OPTIONS` on each (CORS). Delegated delayed leave
-//! (`/delegate_delayed_leave`, MSC4140) is not offered yet: requests carrying delay fields get
-//! 400 `M_BAD_JSON`, on which Element Call retries without them.
+//! (Matrix 2.0), `POST /delegate_delayed_leave` (MSC4140, full-access users), `GET|HEAD
+//! /healthz`, `OPTIONS` on each (CORS). `delay_id` + `delay_timeout` on the token endpoints
+//! delegate the delayed leave too, as lk-jwt-service does.
 
+pub mod delegation;
 pub mod derive;
 pub mod error;
 pub mod openid;
@@ -60,6 +61,7 @@ pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/sfu/get", post(sfu_get).options(preflight))
         .route("/get_token", post(get_token).options(preflight))
+        .route("/delegate_delayed_leave", post(delegate).options(preflight))
         .route(
             "/healthz",
             get(|| async { (cors_headers(), "OK") }).options(preflight),
@@ -114,9 +116,9 @@ pub struct SfuGetRequest {
     pub openid_token: OpenIdToken,
     /// The caller's Matrix device id (part of the LiveKit identity).
     pub device_id: String,
-    /// MSC4140 delayed leave: delay id (not supported yet).
+    /// MSC4140 delayed leave: the homeserver's delay id (with `delay_timeout`).
     pub delay_id: Option<String>,
-    /// MSC4140 delayed leave: timeout in ms (not supported yet).
+    /// MSC4140 delayed leave: the delay in ms (with `delay_id`).
     pub delay_timeout: Option<u64>,
     /// Ignored, as by lk-jwt-service.
     pub delay_cs_api_url: Option<String>,
@@ -146,9 +148,9 @@ pub struct GetTokenRequest {
     pub openid_token: OpenIdToken,
     /// The membership being joined.
     pub member: Member,
-    /// MSC4140 delayed leave: delay id (not supported yet).
+    /// MSC4140 delayed leave: the homeserver's delay id (with `delay_timeout`).
     pub delay_id: Option<String>,
-    /// MSC4140 delayed leave: timeout in ms (not supported yet).
+    /// MSC4140 delayed leave: the delay in ms (with `delay_id`).
     pub delay_timeout: Option<u64>,
     /// Ignored, as by lk-jwt-service.
     pub delay_cs_api_url: Option<String>,
@@ -164,39 +166,133 @@ pub struct TokenResponse {
 }
 
 async fn sfu_get(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    match handle_sfu_get(&state, req).await {
+    match handle_sfu_get(state, req).await {
         Ok(r) => (cors_headers(), Json(r)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
 async fn get_token(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    match handle_get_token(&state, req).await {
+    match handle_get_token(state, req).await {
         Ok(r) => (cors_headers(), Json(r)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn handle_sfu_get(state: &AppState, req: Request) -> Result<TokenResponse, AuthzError> {
-    let body: SfuGetRequest = read_json(state, req).await?;
-    require(&body.room, "room")?;
-    check_token_fields(&body.openid_token)?;
-    refuse_delegation(body.delay_id.as_deref(), body.delay_timeout)?;
-    let user = verify(state, &body.openid_token).await?;
-    let room = derive::room_name(&body.room, derive::LEGACY_SLOT);
-    let identity = derive::legacy_identity(&user, &body.device_id);
-    issue(state, &body.openid_token.matrix_server_name, room, identity)
+async fn delegate(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    match handle_delegate(state, req).await {
+        Ok(()) => (cors_headers(), Json(serde_json::json!({}))).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
-async fn handle_get_token(state: &AppState, req: Request) -> Result<TokenResponse, AuthzError> {
-    let body: GetTokenRequest = read_json(state, req).await?;
+async fn handle_sfu_get(state: Arc<AppState>, req: Request) -> Result<TokenResponse, AuthzError> {
+    let body: SfuGetRequest = read_json(&state, req).await?;
+    require(&body.room, "room")?;
+    check_token_fields(&body.openid_token)?;
+    let delay = delay_params(body.delay_id.as_deref(), body.delay_timeout)?;
+    let user = verify(&state, &body.openid_token).await?;
+    let room = derive::room_name(&body.room, derive::LEGACY_SLOT);
+    let identity = derive::legacy_identity(&user, &body.device_id);
+    let server = body.openid_token.matrix_server_name.clone();
+    issue_and_delegate(state, &server, room, identity, delay).await
+}
+
+async fn handle_get_token(state: Arc<AppState>, req: Request) -> Result<TokenResponse, AuthzError> {
+    let body: GetTokenRequest = read_json(&state, req).await?;
+    let delay = delay_params(body.delay_id.as_deref(), body.delay_timeout)?;
+    let (room, identity) = check_member_request(&state, &body).await?;
+    let server = body.openid_token.matrix_server_name.clone();
+    issue_and_delegate(state, &server, room, identity, delay).await
+}
+
+async fn handle_delegate(state: Arc<AppState>, req: Request) -> Result<(), AuthzError> {
+    let body: GetTokenRequest = read_json(&state, req).await?;
+    let delay = delay_params(body.delay_id.as_deref(), body.delay_timeout)?
+        .ok_or_else(|| AuthzError::BadJson("missing delay_id and delay_timeout".into()))?;
+    let (room, identity) = check_member_request(&state, &body).await?;
+    let server = &body.openid_token.matrix_server_name;
+    let job = delegation_job(&state, server, &room, &identity, delay, true).await?;
+    state.delegations.start(state.clone(), job);
+    Ok(())
+}
+
+/// Mints the token and, when the request carried delay fields, delegates the delayed leave.
+async fn issue_and_delegate(
+    state: Arc<AppState>,
+    server: &str,
+    room: String,
+    identity: String,
+    delay: Option<(String, Duration)>,
+) -> Result<TokenResponse, AuthzError> {
+    let job = match delay {
+        Some(d) => Some(delegation_job(&state, server, &room, &identity, d, false).await?),
+        None => None,
+    };
+    let resp = issue(&state, server, room, identity)?;
+    if let Some(job) = job {
+        state.delegations.start(state.clone(), job);
+    }
+    Ok(resp)
+}
+
+/// `delay_id` and `delay_timeout` (ms, > 0) come together or not at all.
+fn delay_params(
+    delay_id: Option<&str>,
+    delay_timeout: Option<u64>,
+) -> Result<Option<(String, Duration)>, AuthzError> {
+    match (delay_id, delay_timeout) {
+        (None, None) => Ok(None),
+        (Some(id), Some(ms)) if !id.is_empty() && ms > 0 => {
+            Ok(Some((id.to_string(), Duration::from_millis(ms))))
+        }
+        _ => Err(AuthzError::BadJson(
+            "delay_id and delay_timeout (ms, > 0) go together".into(),
+        )),
+    }
+}
+
+/// A delegation job, for users of full-access homeservers only (`forbidden`: refuse others
+/// with 403 as `/delegate_delayed_leave` does; else 400 as the token endpoints do).
+async fn delegation_job(
+    state: &AppState,
+    server_name: &str,
+    room: &str,
+    identity: &str,
+    (delay_id, delay): (String, Duration),
+    forbidden: bool,
+) -> Result<delegation::Job, AuthzError> {
+    if !state.settings.matrixrtc.is_full_access(server_name) {
+        let why = "delayed leave delegation is only for users of full-access homeservers";
+        return Err(if forbidden {
+            AuthzError::Forbidden(why.into())
+        } else {
+            AuthzError::BadJson(why.into())
+        });
+    }
+    let cs_api = delegation::cs_api_url(state, server_name)
+        .await
+        .ok_or_else(|| AuthzError::BadJson("Unable to resolve client-server API".into()))?;
+    Ok(delegation::Job {
+        room: room.to_string(),
+        identity: identity.to_string(),
+        delay_id,
+        delay,
+        cs_api,
+    })
+}
+
+/// Checks a `/get_token`-shaped body and its OpenID token; returns (room, identity).
+async fn check_member_request(
+    state: &AppState,
+    body: &GetTokenRequest,
+) -> Result<(String, String), AuthzError> {
     require(&body.room_id, "room_id")?;
     require(&body.slot_id, "slot_id")?;
     require(&body.member.id, "member.id")?;
     require(&body.member.claimed_user_id, "member.claimed_user_id")?;
     require(&body.member.claimed_device_id, "member.claimed_device_id")?;
     check_token_fields(&body.openid_token)?;
-    refuse_delegation(body.delay_id.as_deref(), body.delay_timeout)?;
     let user = verify(state, &body.openid_token).await?;
     if user != body.member.claimed_user_id {
         return Err(AuthzError::Unauthorized(format!(
@@ -206,7 +302,7 @@ async fn handle_get_token(state: &AppState, req: Request) -> Result<TokenRespons
     }
     let room = derive::room_name(&body.room_id, &body.slot_id);
     let identity = derive::member_identity(&user, &body.member.claimed_device_id, &body.member.id);
-    issue(state, &body.openid_token.matrix_server_name, room, identity)
+    Ok((room, identity))
 }
 
 /// Rate limit, content type, size, JSON shape (unknown fields refused).
@@ -251,15 +347,6 @@ fn require(value: &str, name: &str) -> Result<(), AuthzError> {
 fn check_token_fields(t: &OpenIdToken) -> Result<(), AuthzError> {
     require(&t.access_token, "openid_token.access_token")?;
     require(&t.matrix_server_name, "openid_token.matrix_server_name")
-}
-
-fn refuse_delegation(delay_id: Option<&str>, delay_timeout: Option<u64>) -> Result<(), AuthzError> {
-    if delay_id.is_some() || delay_timeout.is_some() {
-        return Err(AuthzError::BadJson(
-            "delegated delayed leave is not supported by this server; retry without delay_id and delay_timeout".into(),
-        ));
-    }
-    Ok(())
 }
 
 async fn verify(state: &AppState, t: &OpenIdToken) -> Result<String, AuthzError> {
@@ -308,4 +395,29 @@ fn issue(
         url: m.public_url.clone(),
         jwt,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_fields_come_together_or_not_at_all() {
+        assert_eq!(delay_params(None, None).unwrap(), None);
+        assert_eq!(
+            delay_params(Some("syd_a"), Some(10_000)).unwrap(),
+            Some(("syd_a".to_string(), Duration::from_secs(10)))
+        );
+        for (id, t) in [
+            (Some("syd_a"), None),
+            (None, Some(5)),
+            (Some("x"), Some(0)),
+            (Some(""), Some(5)),
+        ] {
+            assert!(
+                matches!(delay_params(id, t), Err(AuthzError::BadJson(_))),
+                "{id:?} {t:?}"
+            );
+        }
+    }
 }
