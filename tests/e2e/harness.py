@@ -236,9 +236,11 @@ def metric(metrics: dict[str, float], name: str) -> float | None:
 
 
 class Server:
-    def __init__(self, ns: Netns, workdir: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, ns: Netns, workdir: Path, args: list[str], env: dict[str, str] | None = None,
+                 dev: bool = True) -> None:
         self.ns = ns
         self.args = args
+        self.dev = dev  # pass --dev (embedded defaults); without it the args must configure keys
         self.extra_env = dict(env or {})  # e.g. SWITCHBOARD_* settings for this server only
         self.log = workdir / f"server{'-' + '_'.join(a.strip('-') for a in args) if args else ''}.log"
         self.proc: subprocess.Popen | None = None
@@ -255,7 +257,7 @@ class Server:
         env.setdefault("NO_COLOR", "1")  # plain log file
         env.setdefault("RUST_BACKTRACE", "1")
         env.update(self.extra_env)
-        cmd = [str(binary), "--dev", "--node-ip", NODE_IP, *self.args]
+        cmd = [str(binary), *(["--dev"] if self.dev else []), "--node-ip", NODE_IP, *self.args]
         self.proc = self.ns.popen(cmd, self.log, env=env)
         r = self.ns.nshttp("wait-ready", HTTP_URL + "/", "--timeout", str(ready_timeout), "--expect-body", "OK",
                            "--pid", str(self.proc.pid), timeout=ready_timeout + 15)

@@ -424,39 +424,13 @@ def matrixrtc_toml(full_access=("hs1.test",), homeserver_urls: dict[str, str] | 
 
 
 class ConfiguredServer(harness.Server):
-    """harness.Server started from a config file, with or without --dev (harness.Server
-    always passes --dev)."""
+    """harness.Server started from a config file, with or without --dev."""
 
     def __init__(self, ns: harness.Netns, workdir: Path, config_text: str, dev: bool, name: str):
         self.config_path = workdir / f"{name}.toml"
         self.config_path.write_text(config_text)
-        self.dev = dev
-        super().__init__(ns, workdir, ["--config", str(self.config_path)])
+        super().__init__(ns, workdir, ["--config", str(self.config_path)], dev=dev)
         self.log = workdir / f"{name}.log"
-
-    def start(self, ready_timeout: float = 30) -> "ConfiguredServer":
-        if self.dev:
-            return super().start(ready_timeout)
-        binary = harness.server_bin()
-        if not binary.exists():
-            raise RuntimeError(f"server binary {binary} missing: run `cargo build --release` (or set SB_E2E_SERVER_BIN)")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SWITCHBOARD_", "LIVEKIT_"))}
-        env.setdefault("RUST_LOG", "info")
-        env.setdefault("NO_COLOR", "1")
-        env.setdefault("RUST_BACKTRACE", "1")
-        self.proc = self.ns.popen([str(binary), *self.args], self.log, env=env)
-        r = self.ns.nshttp("wait-ready", harness.HTTP_URL + "/", "--timeout", str(ready_timeout), "--expect-body", "OK",
-                           "--pid", str(self.proc.pid), timeout=ready_timeout + 15)
-        if not r["ready"]:
-            try:
-                code = self.proc.wait(1)
-            except subprocess.TimeoutExpired:
-                code = None
-            raise RuntimeError(f"server did not become ready within {ready_timeout}s (exit code {code};"
-                               f" last: {r['last_error']}); config {self.config_path}:\n{self.config_path.read_text()}\n"
-                               f"log {self.log}:\n{harness.tail(self.log, 60)}")
-        self.ready = True
-        return self
 
     # --- the authorisation endpoints ---------------------------------------------------
     def post(self, path: str, body, *, headers: dict[str, str] | None = None, timeout: float = 30,
