@@ -28,6 +28,8 @@ pub struct AppState {
     pub registry: livekit::room::Registry,
     /// Signalling session tasks alive.
     pub tasks: AtomicI64,
+    /// Resume (`reconnect=1`) bookkeeping, for `/metrics`.
+    pub resumes: livekit::session::ResumeCounters,
     /// Checks Matrix OpenID tokens with users' homeservers.
     pub openid: matrixrtc::openid::OpenIdVerifier,
     /// Per-address rate limit of the MatrixRTC token endpoints.
@@ -54,6 +56,7 @@ impl AppState {
             sfu,
             registry: livekit::room::Registry::default(),
             tasks: AtomicI64::new(0),
+            resumes: Default::default(),
         })
     }
 }

@@ -74,6 +74,24 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "Signalling session tasks",
         state.tasks.load(Ordering::Relaxed),
     );
+    gauge(
+        &mut reg,
+        "signal_detached",
+        "Participants whose signalling WebSocket dropped, kept for a resume",
+        state.resumes.detached.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut reg,
+        "signal_resumes",
+        "Signalling sessions resumed on a new WebSocket (reconnect=1)",
+        state.resumes.resumed.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut reg,
+        "signal_resumes_refused",
+        "reconnect=1 connections with no session to resume (told to rejoin)",
+        state.resumes.refused.load(Ordering::Relaxed),
+    );
     counter(
         &mut reg,
         "dropped_datagrams",

@@ -144,6 +144,16 @@ class Netns:
         _run([self.ip, "netns", "del", self.name], check=False)
         self.created = False
 
+    def kill_signalling(self, port: int = HTTP_PORT) -> int:
+        """Abort every established TCP connection on the server's signalling port, on the
+        server's side (`ss -K`, sock_destroy: the server's socket errors at once and the
+        client sees a reset), the way a proxy restart or NAT timeout drops a WebSocket.
+        Returns how many sockets were killed."""
+        r = self.run(["ss", "-K", "-t", "-n", "-H", "state", "established", f"( sport = :{port} )"])
+        if r.returncode != 0:
+            raise RuntimeError(f"ss -K failed: {r.stderr.strip()}")
+        return len([ln for ln in r.stdout.splitlines() if ln.strip()])
+
     # --- sockets inside the namespace, used from pytest ----------------------------
     def socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> socket.socket:
         """A socket that lives in this namespace, for use by pytest (which stays in the root

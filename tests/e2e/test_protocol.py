@@ -185,23 +185,37 @@ def test_rtc_v1_disabled_answers_404_with_cors(start_server, netns, raw_ws):
     _join(raw_ws, "alice")
 
 
-def test_reconnect_is_answered_with_leave_action_reconnect(server, raw_ws):
+def test_resume_continues_the_session_and_an_unknown_sid_is_told_to_rejoin(server, raw_ws):
     sc, first = _join(raw_ws, "alice")
-    # a resume attempt for that participant (and one for a sid the server never gave out)
-    for sid in (first.participant.sid, "PA_unknown"):
-        tok = harness.make_token("alice", ROOM)
-        rc, reply = raw_ws(lkproto.rtc_path(tok, extra={"reconnect": "1", "sid": sid, "reconnect_reason": "1"}))
-        assert rc is not None, f"{reply.status_line} {reply.body[:300]!r}"
-        try:
-            m = rc.recv(5)
-        except (TimeoutError, lkproto.WsClosed) as e:
-            pytest.fail(f"reconnect=1 (sid {sid}): no message ({e})")
-        # told to rejoin from scratch, first thing (no JoinResponse), then closed
-        assert m.WhichOneof("message") == "leave", f"sid {sid}: first message {m.WhichOneof('message')}"
-        assert m.leave.action == lkrtc.LeaveRequest.RECONNECT, f"sid {sid}: {m.leave}"
-        rc.ws.wait_closed(5)
-    # the session that was there is left alone: not replaced, still answered
+    sid = first.participant.sid
+    tok = harness.make_token("alice", ROOM)
+    # a sid the server never gave out: told to rejoin from scratch, first thing (no
+    # JoinResponse), then closed; the live session is left alone
+    rc, reply = raw_ws(lkproto.rtc_path(tok, extra={"reconnect": "1", "sid": "PA_unknown", "reconnect_reason": "1"}))
+    assert rc is not None, f"{reply.status_line} {reply.body[:300]!r}"
+    try:
+        m = rc.recv(5)
+    except (TimeoutError, lkproto.WsClosed) as e:
+        pytest.fail(f"reconnect=1 (unknown sid): no message ({e})")
+    assert m.WhichOneof("message") == "leave", f"unknown sid: first message {m.WhichOneof('message')}"
+    assert m.leave.action == lkrtc.LeaveRequest.RECONNECT, m.leave
+    assert m.leave.reason == lkm.DisconnectReason.STATE_MISMATCH, m.leave
+    rc.ws.wait_closed(5)
     sc.send(lkrtc.SignalRequest(ping_req=lkrtc.Ping(timestamp=99)))
     assert sc.wait_for("pong_resp", 5).pong_resp.last_ping_timestamp == 99
     assert "leave" not in sc.cases(), sc.cases()
-    server.wait_metrics({"switchboard_participants": 1}, timeout=5)
+
+    # the right sid: the session continues on the new socket, the old one is closed
+    rc, reply = raw_ws(lkproto.rtc_path(tok, extra={"reconnect": "1", "sid": sid, "reconnect_reason": "1"}))
+    assert rc is not None, f"{reply.status_line} {reply.body[:300]!r}"
+    m = rc.recv(5)
+    assert m.WhichOneof("message") == "reconnect", f"resume: first message {m.WhichOneof('message')}"
+    upd = rc.wait_for("update", 5, lambda u: any(p.sid == sid for p in u.participants))
+    assert [p.identity for p in upd.update.participants if p.sid == sid] == ["alice"], upd
+    sc.ws.wait_closed(5)
+    rc.send(lkrtc.SignalRequest(ping_req=lkrtc.Ping(timestamp=7)))
+    assert rc.wait_for("pong_resp", 5).pong_resp.last_ping_timestamp == 7
+    assert "join" not in rc.cases() and "leave" not in rc.cases(), rc.cases()
+    m = server.wait_metrics({"switchboard_participants": 1, "switchboard_signal_detached": 0}, timeout=5)
+    assert harness.metric(m, "switchboard_signal_resumes_total") == 1, m
+    assert harness.metric(m, "switchboard_signal_resumes_refused_total") == 1, m

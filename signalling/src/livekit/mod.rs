@@ -5,6 +5,7 @@
 
 pub mod data;
 pub mod join_request;
+pub mod link;
 pub mod room;
 pub mod session;
 
@@ -124,6 +125,7 @@ pub async fn rtc(
             .and_then(|p| p.parse().ok())
             .unwrap_or(0),
         reconnect: flag(&query, "reconnect", false),
+        resume_sid: query.get("sid").filter(|s| !s.is_empty()).cloned(),
         single_pc: false,
         initial: None,
     };
@@ -205,6 +207,7 @@ pub async fn rtc_v1(
         protocol: info.protocol,
         client_protocol: info.client_protocol,
         reconnect: jr.reconnect,
+        resume_sid: Some(jr.participant_sid.clone()).filter(|s| !s.is_empty()),
         single_pc: true,
         initial: Some(jr),
     };

@@ -27,6 +27,8 @@ pub enum Inbox {
     },
     /// End the session with this `leave` reason (e.g. duplicate identity).
     Close(proto::DisconnectReason),
+    /// The client resumed (`reconnect=1`) on a new WebSocket: continue on that one.
+    Resume(Box<super::session::Resumption>),
 }
 
 /// One participant as the room sees it.

@@ -3,12 +3,12 @@
 //! `livekit-protocol.md` §3–§7.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{SinkExt, StreamExt};
 use livekit_protocol as proto;
 use prost::Message as _;
 use proto::signal_request::Message as Req;
@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::data::LiveKitDataRouter;
+use super::link::{self, SignalLink};
 use super::room::{Inbox, Member};
 use crate::token::{self, JoinGrant};
 use crate::AppState;
@@ -33,6 +34,10 @@ pub const PING_TIMEOUT_S: i32 = 15;
 const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
 /// The LiveKit server version we report; ≥ 1.8.0 so SDKs enable RPC.
 pub const SERVER_VERSION: &str = "1.9.0";
+/// How long a participant whose WebSocket dropped without `leave` stays in the room, media
+/// flowing, for its client to resume (`reconnect=1`). livekit-client's first resume attempts
+/// come within ~5 s (retry delays 0, 0.3, 1.2, 2.7 s); a crashed client is seen leaving after this.
+pub const RESUME_WINDOW: Duration = Duration::from_secs(10);
 /// LiveKit signal protocol version we speak.
 const SERVER_PROTOCOL: i32 = 16;
 
@@ -47,6 +52,8 @@ pub struct ConnectOptions {
     pub client_protocol: i32,
     /// `reconnect=1`: the client asks to resume a session.
     pub reconnect: bool,
+    /// The participant sid a resuming client names (`sid`, v1 `participant_sid`).
+    pub resume_sid: Option<String>,
     /// `/rtc/v1`: one peer connection, the client always offers.
     pub single_pc: bool,
     /// `/rtc/v1`'s `JoinRequest` (tracks to add, the bundled publisher offer).
@@ -82,17 +89,20 @@ struct Session {
 
 /// Why the session loop ended.
 enum End {
-    /// Client sent `leave` or closed the socket.
+    /// Client sent `leave` (or closed its peer connection).
     Client,
     /// Replaced, removed or failed; tell the client with `leave`.
     Server(proto::DisconnectReason),
     /// Silent past the ping timeout.
     Timeout,
+    /// The WebSocket dropped and no resume came within [`RESUME_WINDOW`].
+    Abandoned,
     /// Unparseable input; close with this reason.
     BadInput(String),
 }
 
-/// Runs a session to its end. The token has been verified by the caller.
+/// Runs a session to its end. The token has been verified by the caller. A `reconnect=1`
+/// connection is handed to the session it resumes instead (or told to rejoin).
 pub async fn run(state: Arc<AppState>, socket: WebSocket, grant: JoinGrant, opts: ConnectOptions) {
     let span = tracing::info_span!(
         "participant",
@@ -100,7 +110,86 @@ pub async fn run(state: Arc<AppState>, socket: WebSocket, grant: JoinGrant, opts
         identity = %grant.identity(),
         participant = tracing::field::Empty
     );
+    if opts.reconnect {
+        return hand_over(&state, socket, grant, opts)
+            .instrument(span)
+            .await;
+    }
     run_inner(state, socket, grant, opts).instrument(span).await
+}
+
+/// Counts of signalling drops and resumes (`switchboard_signal_*` in `/metrics`).
+#[derive(Debug, Default)]
+pub struct ResumeCounters {
+    /// Sessions whose WebSocket is gone, waiting for a resume (gauge).
+    pub detached: AtomicI64,
+    /// Resumes that continued a session.
+    pub resumed: AtomicU64,
+    /// `reconnect=1` connections with nothing to resume (told to rejoin).
+    pub refused: AtomicU64,
+}
+
+/// A resuming client's new WebSocket, on its way to the session it resumes.
+#[derive(Debug)]
+pub struct Resumption {
+    socket: WebSocket,
+    grant: JoinGrant,
+    opts: ConnectOptions,
+}
+
+/// Gives a `reconnect=1` connection to the live session of the same identity (and sid, when
+/// the client names it) in the token's room. Without one, the client is told to rejoin from
+/// scratch: `leave{STATE_MISMATCH, RECONNECT}`, LiveKit's answer for a session it cannot resume.
+async fn hand_over(state: &AppState, socket: WebSocket, grant: JoinGrant, opts: ConnectOptions) {
+    let identity = grant.identity().to_string();
+    let inbox = state
+        .registry
+        .with_room(grant.room(), |room| {
+            room.members
+                .values()
+                .find(|m| {
+                    m.info.identity == identity
+                        && opts
+                            .resume_sid
+                            .as_ref()
+                            .is_none_or(|sid| *sid == m.info.sid)
+                })
+                .map(|m| m.inbox.clone())
+        })
+        .flatten();
+    let socket = match inbox {
+        Some(inbox) => {
+            let r = Resumption {
+                socket,
+                grant,
+                opts,
+            };
+            match inbox.send(Inbox::Resume(Box::new(r))) {
+                Ok(()) => return,
+                // the session ended in the meantime
+                Err(mpsc::error::SendError(Inbox::Resume(r))) => r.socket,
+                Err(_) => return,
+            }
+        }
+        None => socket,
+    };
+    tracing::info!("nothing to resume; told the client to rejoin");
+    state.resumes.refused.fetch_add(1, Relaxed);
+    let mut link = SignalLink::new(socket);
+    refuse_resume(&mut link).await;
+}
+
+/// `leave{STATE_MISMATCH, RECONNECT}` and close: the client rejoins from scratch.
+async fn refuse_resume(link: &mut SignalLink) {
+    #[allow(deprecated)] // `can_reconnect` for clients older than protocol 13
+    let leave = proto::LeaveRequest {
+        reason: proto::DisconnectReason::StateMismatch as i32,
+        action: proto::leave_request::Action::Reconnect as i32,
+        can_reconnect: true,
+        ..Default::default()
+    };
+    link.send(encode(Resp::Leave(leave))).await;
+    link.close(None).await;
 }
 
 async fn run_inner(
@@ -109,28 +198,10 @@ async fn run_inner(
     grant: JoinGrant,
     opts: ConnectOptions,
 ) {
-    let (mut ws_tx, mut ws_rx) = socket.split();
+    let mut link = SignalLink::new(socket);
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Inbox>();
     let (sfu_tx, mut sfu_rx) = mpsc::unbounded_channel::<SfuEvent>();
-    if opts.reconnect {
-        // Resume is not offered (JoinResponse says resume_connection = DISABLED); a client
-        // that tries anyway is told to rejoin from scratch, LiveKit's answer for a session it
-        // cannot resume.
-        #[allow(deprecated)] // `can_reconnect` for clients older than protocol 13
-        let leave = proto::LeaveRequest {
-            reason: proto::DisconnectReason::StateMismatch as i32,
-            action: proto::leave_request::Action::Reconnect as i32,
-            can_reconnect: true,
-            ..Default::default()
-        };
-        tracing::info!("resume not offered; told the client to rejoin");
-        let _ = send(&mut ws_tx, Resp::Leave(leave)).await;
-        let _ = ws_tx.send(Message::Close(None)).await;
-        return;
-    }
-    state
-        .tasks
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state.tasks.fetch_add(1, Relaxed);
 
     let video = &grant.claims.video;
     // `recorder` and `agent` are deprecated in the proto but still read by older clients.
@@ -168,75 +239,67 @@ async fn run_inner(
     };
     tracing::Span::current().record("participant", s.sid.as_str());
     let join = s.join(inbox_tx, sfu_tx);
-    let end = if send(&mut ws_tx, join).await.is_err() {
-        End::Client
-    } else {
-        let initial = s.opts.initial.take();
-        if let Some(jr) = initial {
-            for add in jr.add_track_requests {
-                s.add_track(add, &mut ws_tx).await;
-            }
-            if let Some(offer) = jr.publisher_offer {
-                let req = proto::SignalRequest {
-                    message: Some(Req::Offer(offer)),
-                };
-                s.request(req, &mut ws_tx).await;
-            }
-        }
-        if let Some(t) = token::refresh(&s.grant, &state.settings.keys) {
-            let _ = send(&mut ws_tx, Resp::RefreshToken(t)).await;
-        }
-        s.subscribe_existing();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut next_refresh = Instant::now() + REFRESH_EVERY;
-        loop {
-            tokio::select! {
-                msg = ws_rx.next() => match msg {
-                    Some(Ok(Message::Binary(bytes))) => {
-                        s.last_heard = Instant::now();
-                        match proto::SignalRequest::decode(bytes.as_ref()) {
-                            Ok(req) => {
-                                if let Some(end) = s.request(req, &mut ws_tx).await {
-                                    break end;
-                                }
+    link.send(encode(join)).await;
+    let initial = s.opts.initial.take();
+    if let Some(jr) = initial {
+        s.initial_requests(jr, &mut link).await;
+    }
+    if let Some(t) = token::refresh(&s.grant, &state.settings.keys) {
+        link.send(encode(Resp::RefreshToken(t))).await;
+    }
+    s.subscribe_existing();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut next_refresh = Instant::now() + REFRESH_EVERY;
+    let end = loop {
+        tokio::select! {
+            msg = link.recv() => match msg {
+                Some(Ok(Message::Binary(bytes))) => {
+                    s.last_heard = Instant::now();
+                    match proto::SignalRequest::decode(bytes.as_ref()) {
+                        Ok(req) => {
+                            if let Some(end) = s.request(req, &mut link).await {
+                                break end;
                             }
-                            Err(e) => break End::BadInput(format!("malformed SignalRequest: {e}")),
                         }
-                    }
-                    Some(Ok(Message::Text(_))) => {
-                        break End::BadInput("text (JSON) signalling is not supported".into())
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => s.last_heard = Instant::now(),
-                    Some(Ok(Message::Close(_))) | None => break End::Client,
-                    Some(Err(e)) => break End::BadInput(format!("websocket error: {e}")),
-                },
-                Some(msg) = inbox.recv() => match msg {
-                    Inbox::Signal(m) => {
-                        if send(&mut ws_tx, *m).await.is_err() {
-                            break End::Client;
-                        }
-                    }
-                    Inbox::TrackLive { track, publisher_sid, track_sid } => {
-                        if s.opts.auto_subscribe && s.perms.can_subscribe {
-                            s.subscribe(track, &publisher_sid, &track_sid);
-                        }
-                    }
-                    Inbox::Close(reason) => break End::Server(reason),
-                },
-                Some(ev) = sfu_rx.recv() => {
-                    if let Some(end) = s.sfu_event(ev, &mut ws_tx).await {
-                        break end;
+                        Err(e) => break End::BadInput(format!("malformed SignalRequest: {e}")),
                     }
                 }
-                _ = tick.tick() => {
-                    if s.last_heard.elapsed() > Duration::from_secs(PING_TIMEOUT_S as u64) {
-                        break End::Timeout;
+                Some(Ok(Message::Text(_))) => {
+                    break End::BadInput("text (JSON) signalling is not supported".into())
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => s.last_heard = Instant::now(),
+                // Closed without `leave`: the client may come back with `reconnect=1`.
+                Some(Ok(Message::Close(_))) | None => s.detach(&mut link),
+                Some(Err(e)) if link::is_transport_error(&e) => s.detach(&mut link),
+                Some(Err(e)) => break End::BadInput(format!("websocket error: {e}")),
+            },
+            Some(msg) = inbox.recv() => match msg {
+                Inbox::Signal(m) => link.send(encode(*m)).await,
+                Inbox::TrackLive { track, publisher_sid, track_sid } => {
+                    if s.opts.auto_subscribe && s.perms.can_subscribe {
+                        s.subscribe(track, &publisher_sid, &track_sid);
                     }
-                    if Instant::now() >= next_refresh {
-                        next_refresh = Instant::now() + REFRESH_EVERY;
-                        if let Some(t) = token::refresh(&s.grant, &state.settings.keys) {
-                            let _ = send(&mut ws_tx, Resp::RefreshToken(t)).await;
-                        }
+                }
+                Inbox::Resume(r) => s.resume(*r, &mut link).await,
+                Inbox::Close(reason) => break End::Server(reason),
+            },
+            Some(ev) = sfu_rx.recv() => {
+                if let Some(end) = s.sfu_event(ev, &mut link).await {
+                    break end;
+                }
+            }
+            _ = tick.tick() => {
+                if let Some(gone) = link.detached_for() {
+                    if gone > RESUME_WINDOW || link.overflowed() {
+                        break End::Abandoned;
+                    }
+                } else if s.last_heard.elapsed() > Duration::from_secs(PING_TIMEOUT_S as u64) {
+                    break End::Timeout;
+                }
+                if Instant::now() >= next_refresh {
+                    next_refresh = Instant::now() + REFRESH_EVERY;
+                    if let Some(t) = token::refresh(&s.grant, &state.settings.keys) {
+                        link.send(encode(Resp::RefreshToken(t))).await;
                     }
                 }
             }
@@ -246,8 +309,7 @@ async fn run_inner(
     let reason = match &end {
         End::Client => proto::DisconnectReason::ClientInitiated,
         End::Server(r) => *r,
-        End::Timeout => proto::DisconnectReason::SignalClose,
-        End::BadInput(_) => proto::DisconnectReason::SignalClose,
+        End::Timeout | End::Abandoned | End::BadInput(_) => proto::DisconnectReason::SignalClose,
     };
     match end {
         End::Server(reason) => {
@@ -256,8 +318,8 @@ async fn run_inner(
                 action: proto::leave_request::Action::Disconnect as i32,
                 ..Default::default()
             };
-            let _ = send(&mut ws_tx, Resp::Leave(leave)).await;
-            let _ = ws_tx.send(Message::Close(None)).await;
+            link.send(encode(Resp::Leave(leave))).await;
+            link.close(None).await;
         }
         End::BadInput(why) => {
             tracing::info!(reason = %why, "closing signalling connection");
@@ -265,16 +327,18 @@ async fn run_inner(
                 code: 1007,
                 reason: truncate(&why, 120).into(),
             };
-            let _ = ws_tx.send(Message::Close(Some(frame))).await;
+            link.close(Some(frame)).await;
         }
         End::Timeout => tracing::info!("client silent past ping timeout"),
+        End::Abandoned => tracing::info!("signalling not resumed in time"),
         End::Client => {}
+    }
+    if link.detached_for().is_some() {
+        state.resumes.detached.fetch_sub(1, Relaxed);
     }
     let _ = state.sfu.leave(s.pid);
     state.registry.remove(&s.room, s.pid, reason);
-    state
-        .tasks
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    state.tasks.fetch_sub(1, Relaxed);
     tracing::info!(?reason, "participant left");
 }
 
@@ -384,22 +448,82 @@ impl Session {
             server_version: SERVER_VERSION.into(),
             subscriber_primary: layout == PcLayout::Dual,
             fast_publish: layout == PcLayout::Single && self.perms.can_publish,
-            client_configuration: Some(proto::ClientConfiguration {
-                resume_connection: proto::ClientConfigSetting::Disabled as i32,
-                ..Default::default()
-            }),
+            client_configuration: Some(client_configuration()),
             ping_timeout: PING_TIMEOUT_S,
             ping_interval: PING_INTERVAL_S,
-            server_info: Some(proto::ServerInfo {
-                edition: proto::server_info::Edition::Standard as i32,
-                version: SERVER_VERSION.into(),
-                protocol: SERVER_PROTOCOL,
-                node_id: "switchboard".into(),
-                debug_info: concat!("switchboard ", env!("CARGO_PKG_VERSION")).into(),
-                ..Default::default()
-            }),
+            server_info: Some(server_info()),
             ..Default::default()
         })
+    }
+
+    /// The tracks and offer a `/rtc/v1` client put in its `JoinRequest`, handled as if sent.
+    async fn initial_requests(&mut self, jr: proto::JoinRequest, link: &mut SignalLink) {
+        for add in jr.add_track_requests {
+            self.add_track(add, link).await;
+        }
+        if let Some(offer) = jr.publisher_offer {
+            let req = proto::SignalRequest {
+                message: Some(Req::Offer(offer)),
+            };
+            self.request(req, link).await;
+        }
+    }
+
+    /// The WebSocket closed without `leave`: keep the participant (media keeps flowing) for
+    /// a resume within [`RESUME_WINDOW`].
+    fn detach(&mut self, link: &mut SignalLink) {
+        if link.detached_for().is_none() {
+            tracing::info!("signalling connection lost; waiting for a resume");
+            self.state.resumes.detached.fetch_add(1, Relaxed);
+        }
+        link.detach();
+    }
+
+    /// Takes over a resuming client's WebSocket (`livekit-protocol.md` §7.3): answers
+    /// `ReconnectResponse`, sends what queued while it was away, then everyone's current
+    /// `ParticipantUpdate`. The client follows with `sync_state` (nothing to restore: the
+    /// session never went away) and, if its transport broke, an ICE-restart offer.
+    async fn resume(&mut self, r: Resumption, link: &mut SignalLink) {
+        if r.opts.single_pc != self.opts.single_pc {
+            // a session cannot change its peer-connection layout
+            tracing::info!("resume on the other signalling path refused");
+            let mut other = SignalLink::new(r.socket);
+            refuse_resume(&mut other).await;
+            self.state.resumes.refused.fetch_add(1, Relaxed);
+            return;
+        }
+        if link.detached_for().is_some() {
+            self.state.resumes.detached.fetch_sub(1, Relaxed);
+        }
+        self.state.resumes.resumed.fetch_add(1, Relaxed);
+        link.attach(r.socket).await;
+        self.grant = r.grant;
+        self.last_heard = Instant::now();
+        let reconnect = proto::ReconnectResponse {
+            ice_servers: Vec::new(),
+            client_configuration: Some(client_configuration()),
+            server_info: Some(server_info()),
+            last_message_seq: 0,
+        };
+        link.send(encode(Resp::Reconnect(reconnect))).await;
+        link.flush().await;
+        let pid = self.pid;
+        let everyone = self
+            .state
+            .registry
+            .with_room(&self.room, |room| {
+                let mut all = room.others(pid);
+                if let Some(me) = room.members.get(&pid) {
+                    all.push(me.info.clone());
+                }
+                all
+            })
+            .unwrap_or_default();
+        link.send(encode(super::room::update(everyone))).await;
+        if let Some(jr) = r.opts.initial {
+            self.initial_requests(jr, link).await;
+        }
+        tracing::info!("signalling resumed");
     }
 
     /// Auto-subscribes to tracks already live in the room.
@@ -438,10 +562,7 @@ impl Session {
     }
 
     /// Handles one client request; `Some` ends the session.
-    async fn request<S>(&mut self, req: proto::SignalRequest, ws: &mut S) -> Option<End>
-    where
-        S: SinkExt<Message> + Unpin,
-    {
+    async fn request(&mut self, req: proto::SignalRequest, ws: &mut SignalLink) -> Option<End> {
         let msg = req.message?;
         match msg {
             Req::Offer(sd) => {
@@ -548,10 +669,7 @@ impl Session {
         None
     }
 
-    async fn add_track<S>(&mut self, add: proto::AddTrackRequest, ws: &mut S) -> Option<End>
-    where
-        S: SinkExt<Message> + Unpin,
-    {
+    async fn add_track(&mut self, add: proto::AddTrackRequest, ws: &mut SignalLink) -> Option<End> {
         let kind = match proto::TrackType::try_from(add.r#type) {
             Ok(proto::TrackType::Audio) => TrackKind::Audio,
             Ok(proto::TrackType::Video) => TrackKind::Video,
@@ -701,10 +819,7 @@ impl Session {
     }
 
     /// Handles one media-plane event; `Some` ends the session.
-    async fn sfu_event<S>(&mut self, ev: SfuEvent, ws: &mut S) -> Option<End>
-    where
-        S: SinkExt<Message> + Unpin,
-    {
+    async fn sfu_event(&mut self, ev: SfuEvent, ws: &mut SignalLink) -> Option<End> {
         match ev {
             SfuEvent::Answer {
                 sdp, mid_to_track, ..
@@ -903,6 +1018,22 @@ fn kind_from_name(name: &str) -> proto::participant_info::Kind {
     }
 }
 
+/// What every session tells its client: resume allowed (the default, `UNSET`).
+fn client_configuration() -> proto::ClientConfiguration {
+    proto::ClientConfiguration::default()
+}
+
+fn server_info() -> proto::ServerInfo {
+    proto::ServerInfo {
+        edition: proto::server_info::Edition::Standard as i32,
+        version: SERVER_VERSION.into(),
+        protocol: SERVER_PROTOCOL,
+        node_id: "switchboard".into(),
+        debug_info: concat!("switchboard ", env!("CARGO_PKG_VERSION")).into(),
+        ..Default::default()
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -920,11 +1051,4 @@ fn truncate(s: &str, max: usize) -> &str {
 fn encode(msg: Resp) -> Message {
     let resp = proto::SignalResponse { message: Some(msg) };
     Message::Binary(resp.encode_to_vec().into())
-}
-
-async fn send<S>(ws: &mut S, msg: Resp) -> Result<(), ()>
-where
-    S: SinkExt<Message> + Unpin,
-{
-    ws.send(encode(msg)).await.map_err(|_| ())
 }
