@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Install what the end-to-end tests need, idempotently, OUTSIDE the clone:
-#   - Debian packages: iproute2 (ip netns / veth), only if `ip` is missing;
+# Install what the end-to-end tests need, idempotently, OUTSIDE the clone (but for the
+# browser tests' node_modules):
+#   - Debian packages: iproute2 (ip netns / veth), only if `ip` is missing; chromium, only if
+#     /usr/bin/chromium is missing;
 #   - a Python venv at ${SB_TEST_CACHE:-~/.cache/switchboard}/venv-<hash>, where <hash>
 #     covers tests/e2e/requirements.txt (hash-pinned lock) and the interpreter version, so a
-#     changed lock builds a new venv and an unchanged one is reused as is.
+#     changed lock builds a new venv and an unchanged one is reused as is;
+#   - tests/browser/node_modules from tests/browser/package-lock.json (`npm ci`), when the lock
+#     is newer than the last install.
 # Prints the venv path as the last line of stdout (everything else goes to stderr).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,4 +78,29 @@ for old in "$CACHE"/venv-*; do
     rm -rf "$old"
   fi
 done
+
+# --- browser tests (tests/browser/, see tests/README.md) --------------------------------
+# Debian's chromium, driven by playwright-core (which never downloads a browser of its own).
+if [ ! -x /usr/bin/chromium ]; then
+  log "installing chromium (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  # a fresh machine may have no package lists yet, or stale ones
+  if ! apt-cache show chromium >/dev/null 2>&1 || ! timeout 900 apt-get install -y -qq --no-install-recommends chromium >&2; then
+    timeout 600 apt-get update -qq >&2
+    timeout 900 apt-get install -y -qq --no-install-recommends chromium >&2
+  fi
+fi
+# livekit-client (2.22.4 and 2.23.0) and playwright-core, exactly as package-lock.json says;
+# reinstalled only when the lock file is newer than the stamp of the last install.
+BROWSER=tests/browser
+STAMP=$BROWSER/node_modules/.sb-npm-ci
+command -v npm >/dev/null 2>&1 || { log "npm not found (Node 20 + npm are needed for the browser tests)"; exit 1; }
+if [ ! -f "$STAMP" ] || [ "$BROWSER/package-lock.json" -nt "$STAMP" ]; then
+  log "installing $BROWSER/node_modules (npm ci)"
+  ( cd "$BROWSER" && timeout 600 npm ci --no-audit --no-fund --loglevel=error ) >&2
+  touch "$STAMP"
+else
+  log "$BROWSER/node_modules up to date"
+fi
+
 echo "$VENV"

@@ -147,3 +147,19 @@ def raw_ws(netns):
     yield _open
     for ws in opened:
         ws.close()
+
+
+@pytest.fixture
+def browser(netns, workdir, request):
+    """browser.Browser: headless Chromium running livekit-client pages (tests/browser/) in the
+    test's namespace; `browser.open(name, version)` adds a participant. Closed at teardown;
+    its log (page consoles, WebSockets, errors) is attached to the report of a failing test."""
+    import browser as browser_mod
+
+    b = browser_mod.Browser(netns, workdir)
+    register_log(request, "browser log", b.log)
+    try:
+        b.start()
+        yield b
+    finally:
+        b.stop()
