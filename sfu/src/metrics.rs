@@ -20,6 +20,8 @@ pub struct SfuMetrics {
     pub rtp_in: AtomicU64,
     /// RTP packets forwarded to subscribers.
     pub rtp_forwarded: AtomicU64,
+    /// Of those, video packets (a paused video subscription stops these).
+    pub rtp_forwarded_video: AtomicU64,
     /// Data-channel messages not delivered to a receiver (lossy with a full buffer, or the
     /// reliable backlog over its cap, or the channel gone).
     pub data_dropped: AtomicU64,

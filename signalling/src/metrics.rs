@@ -112,6 +112,12 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     );
     counter(
         &mut reg,
+        "rtp_forwarded_video_packets",
+        "Video RTP packets forwarded to subscribers",
+        SfuMetrics::count(&m.rtp_forwarded_video),
+    );
+    counter(
+        &mut reg,
         "data_dropped_messages",
         "Data-channel messages not delivered (buffer full, backlog over cap, channel gone)",
         SfuMetrics::count(&m.data_dropped),

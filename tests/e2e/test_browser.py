@@ -25,7 +25,7 @@ import pytest
 
 import harness
 from browser import Page, inbound, remote_tracks
-from harness import assert_joined, tone_presence
+from harness import assert_joined, metric, tone_presence
 
 VERSIONS = ["2.22", "2.23"]
 MEDIA_START_S = 25  # join + subscribe + first decoded frame / audible packet, generously
@@ -368,16 +368,22 @@ def test_adaptive_stream_pauses_hidden_video(server, browser, subscriber, publis
     def mic(s: dict) -> dict:
         return remote_tracks(s, "alice", source="microphone")[0]
 
+    def forwarded_video() -> float:
+        return metric(server.metrics(), "switchboard_rtp_forwarded_video_packets_total")
+
     assert bob.call("setVideoVisible", "alice", False) == 1
     time.sleep(PAUSE_SETTLE_S)  # the client's visibility debounce, the packets in flight
-    s1 = bob.stats()
+    s1, f1 = bob.stats(), forwarded_video()
     time.sleep(SAMPLE_GAP_S)
-    s2 = bob.stats()
+    s2, f2 = bob.stats(), forwarded_video()
     video_rise = inbound(cam(s2), "packetsReceived") - inbound(cam(s1), "packetsReceived")
     audio_rise = inbound(mic(s2), "packetsReceived") - inbound(mic(s1), "packetsReceived")
-    print(f"hidden for {SAMPLE_GAP_S}s: {video_rise} video, {audio_rise} audio packets")
+    print(f"hidden for {SAMPLE_GAP_S}s: {video_rise} video, {audio_rise} audio packets received;"
+          f" server forwarded {f2 - f1} video packets")
     assert video_rise <= MAX_PACKETS_PAUSED, (
         f"hidden video still forwarded: {video_rise} packets in {SAMPLE_GAP_S}s ({cam(s1)} -> {cam(s2)})")
+    # bob is the only subscriber: the server's own counter shows it stopped forwarding
+    assert f2 - f1 <= MAX_PACKETS_PAUSED, f"server forwarded {f2 - f1} video packets while hidden"
     assert audio_rise >= MIN_AUDIO_PACKETS_RISE, f"audio stopped with the video: {mic(s1)} -> {mic(s2)}"
 
     assert bob.call("setVideoVisible", "alice", True) == 1
@@ -386,4 +392,5 @@ def test_adaptive_stream_pauses_hidden_video(server, browser, subscriber, publis
     bob.wait_until(lambda s: inbound(cam(s), "framesDecoded") >= before + MIN_FRAMES_RISE, RESUME_S,
                    f"{MIN_FRAMES_RISE} more decoded frames after showing the video again")
     print(f"shown again: {MIN_FRAMES_RISE} more frames decoded within {time.monotonic() - t_show:.1f}s")
+    assert forwarded_video() - f2 >= MIN_FRAMES_RISE, "server counter did not rise after showing the video"
     assert_undisturbed(alice, bob)

@@ -170,6 +170,9 @@ impl Engine {
             match written {
                 Ok(true) => {
                     SfuMetrics::inc(&self.metrics.rtp_forwarded);
+                    if video {
+                        SfuMetrics::inc(&self.metrics.rtp_forwarded_video);
+                    }
                     self.dirty.push(sub.session);
                 }
                 Ok(false) => {}
