@@ -334,6 +334,48 @@
       return els.length;
     },
 
+    /**
+     * Start publishing the camera and abandon it mid-negotiation: unpublish `afterMs` after
+     * publishTrack was called (its AddTrackRequest is out, the offer may or may not be).
+     * Returns {published: whether publishTrack still resolved, error: its rejection}.
+     */
+    async abandonPublish({ width = 320, height = 180, afterMs = 0 } = {}) {
+      const track = await LK.createLocalVideoTrack({ resolution: { width, height, frameRate: 15 } });
+      const publishing = room.localParticipant.publishTrack(track, { source: LK.Track.Source.Camera });
+      await new Promise((r) => setTimeout(r, afterMs));
+      await room.localParticipant.unpublishTrack(track, true);
+      try {
+        await publishing;
+        return { published: true, error: null };
+      } catch (e) {
+        return { published: false, error: String(e?.message ?? e) };
+      }
+    },
+
+    /**
+     * A misbehaving page: opens its own signalling WebSocket (/rtc, token in the query), waits
+     * for the server's first message (the JoinResponse), then sends `garbage` (bytes that are
+     * no SignalRequest). Returns {firstMessageBytes, closeCode, closeReason} once the server
+     * has closed the socket, or after 10 s ({closeCode: null}).
+     */
+    async garbageSignal({ url, token, garbage = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x01, 0x02] }) {
+      const ws = new WebSocket(`${url}/rtc?access_token=${encodeURIComponent(token)}&protocol=16&auto_subscribe=1`);
+      ws.binaryType = 'arraybuffer';
+      let firstMessageBytes = null;
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => resolve({ firstMessageBytes, closeCode: null, closeReason: null }), 10000);
+        ws.onmessage = (m) => {
+          if (firstMessageBytes !== null) return;
+          firstMessageBytes = m.data.byteLength;
+          ws.send(new Uint8Array(garbage));
+        };
+        ws.onclose = (c) => {
+          clearTimeout(timer);
+          resolve({ firstMessageBytes, closeCode: c.code, closeReason: c.reason });
+        };
+      });
+    },
+
     /** The recorded events, from index `since` on. */
     async events(since = 0) {
       return events.slice(since);

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +31,7 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlparse
 
 import harness
 
@@ -306,3 +308,100 @@ def inbound(track: dict, field: str) -> float:
     """A counter of a remote track's inbound-rtp stats (0 when not receiving yet)."""
     return (track.get("inbound") or {}).get(field) or 0
 
+
+# ------------------------------------------------------------ checks used by the tests --
+MEDIA_START_S = 25  # join + subscribe + first decoded frame / audible packet, generously
+SAMPLE_GAP_S = 3.0  # between the two stats samples that must show progress
+MIN_FRAMES_RISE = 10  # decoded frames per sample gap (the camera runs at 15 fps: ~45 expected)
+MIN_AUDIO_PACKETS_RISE = 30  # Opus at 20 ms: ~150 packets per gap expected
+MIN_ENERGY_RISE = 0.01  # totalAudioEnergy gained per gap (the fake mic gives ~0.25/s)
+# events that mean the session was disturbed (client.js records them)
+TROUBLE = {"reconnecting", "signalReconnecting", "disconnected", "encryptionError",
+           "trackSubscriptionFailed", "mediaDevicesError"}
+
+
+def connect_all(pages: list[Page], room: str, **opts) -> dict[str, dict]:
+    """Join all pages to `room` one after the other (each waits for the previous one, so the
+    join order, and with it who is told about whom how, is the same every run)."""
+    return {p.name: p.connect(room, **opts) for p in pages}
+
+
+def expected_tracks(stats: dict, want: dict[str, set[str]]) -> bool:
+    """True once every (identity, source) in `want` is subscribed and has delivered something:
+    a decoded video frame, or audio energy."""
+    for identity, sources in want.items():
+        for source in sources:
+            ts = [t for t in remote_tracks(stats, identity, source=source) if t["subscribed"]]
+            if len(ts) != 1:
+                return False
+            t = ts[0]
+            if inbound(t, "framesDecoded" if t["kind"] == "video" else "totalAudioEnergy") <= 0:
+                return False
+    return True
+
+
+def assert_media_flows(pages: dict[Page, dict[str, set[str]]], timeout: float = MEDIA_START_S) -> dict[str, dict]:
+    """For every page: wait until each (publisher identity -> sources) it should receive is
+    flowing, then sample all pages twice SAMPLE_GAP_S apart and require progress on each
+    track: video framesDecoded, audio packetsReceived and totalAudioEnergy. Also no remote
+    track beyond the expected ones. Returns the second sample per page."""
+    for page, want in pages.items():
+        page.wait_until(lambda s, want=want: expected_tracks(s, want), timeout,
+                        f"media from {sorted((k, sorted(v)) for k, v in want.items())}")
+    first = {page.name: page.stats() for page in pages}
+    time.sleep(SAMPLE_GAP_S)
+    second = {page.name: page.stats() for page in pages}
+    for page, want in pages.items():
+        s1, s2 = first[page.name], second[page.name]
+        seen = {(i, t["source"]) for i in s2["remote"] for t in remote_tracks(s2, i)}
+        wanted = {(i, src) for i, srcs in want.items() for src in srcs}
+        assert seen == wanted, f"{page.name} sees tracks {sorted(seen)}, expected {sorted(wanted)}"
+        assert page.name not in s2["remote"], f"{page.name} sees itself as a remote participant"
+        for identity, sources in want.items():
+            for source in sources:
+                t1 = remote_tracks(s1, identity, source=source)[0]
+                t2 = remote_tracks(s2, identity, source=source)[0]
+                where = f"{page.name} <- {identity} {source} ({t2['sid']})"
+                rise = lambda f: inbound(t2, f) - inbound(t1, f)  # noqa: E731
+                if t2["kind"] == "video":
+                    assert rise("framesDecoded") >= MIN_FRAMES_RISE, (
+                        f"{where}: framesDecoded rose by {rise('framesDecoded')} in {SAMPLE_GAP_S}s"
+                        f" (from {t1['inbound']} to {t2['inbound']})")
+                    assert t2["attached"] >= 1, f"{where}: not attached to a <video>: {t2}"
+                else:
+                    assert rise("packetsReceived") >= MIN_AUDIO_PACKETS_RISE, (
+                        f"{where}: {rise('packetsReceived')} audio packets in {SAMPLE_GAP_S}s"
+                        f" (from {t1['inbound']} to {t2['inbound']})")
+                    assert rise("totalAudioEnergy") >= MIN_ENERGY_RISE, (
+                        f"{where}: totalAudioEnergy rose by {rise('totalAudioEnergy'):.4f} in {SAMPLE_GAP_S}s"
+                        f" (from {t1['inbound']} to {t2['inbound']})")
+    return second
+
+
+def sent_rids(stats: dict) -> list[str]:
+    """The simulcast layers (rids) of the page's own camera that have sent frames."""
+    cam = [t for t in stats["local"] if t["source"] == "camera"][0]
+    return sorted(o.get("rid", "") for o in cam["outbound"] if o.get("framesSent"))
+
+
+def assert_undisturbed(*pages: Page) -> None:
+    """No page saw a reconnect, disconnect, failed subscription or E2EE error."""
+    for p in pages:
+        bad = [e for e in p.events() if e["type"] in TROUBLE]
+        assert not bad, f"{p.name}: {bad}"
+
+
+def signalling_paths(page: Page) -> list[str]:
+    """Paths of the signalling WebSockets the page opened, in order (e.g. ['/rtc/v1'])."""
+    return [urlparse(ws["url"]).path for ws in page.websockets() if urlparse(ws["url"]).port == harness.HTTP_PORT]
+
+
+def joined_paths(server: harness.Server) -> dict[str, str]:
+    """identity -> signalling path, from the server's "participant joined" log lines."""
+    out = {}
+    for line in server.log.read_text(errors="replace").splitlines():
+        _, found, fields = line.partition("participant joined ")  # fields follow the message
+        ident, path = re.search(r"\bidentity=(\S+)", fields), re.search(r'\bpath="([^"]+)"', fields)
+        if found and ident and path:
+            out[ident.group(1)] = path.group(1)
+    return out

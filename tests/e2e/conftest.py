@@ -97,7 +97,7 @@ def start_server(netns, workdir, request):
     yield _start
     died = []
     for s in servers:
-        was_alive = s.alive()
+        was_alive = s.alive() or s.stopped
         code = s.stop()
         if s.ready and not was_alive:
             died.append(f"server {s.args} exited by itself with {code}; log {s.log}")

@@ -252,9 +252,15 @@ class Server:
         self.args = args
         self.dev = dev  # pass --dev (embedded defaults); without it the args must configure keys
         self.extra_env = dict(env or {})  # e.g. SWITCHBOARD_* settings for this server only
-        self.log = workdir / f"server{'-' + '_'.join(a.strip('-') for a in args) if args else ''}.log"
+        base = f"server{'-' + '_'.join(a.strip('-') for a in args) if args else ''}"
+        self.log = workdir / f"{base}.log"
+        n = 1
+        while self.log.exists():  # a second server with the same arguments (e.g. a restart)
+            n += 1
+            self.log = workdir / f"{base}-{n}.log"
         self.proc: subprocess.Popen | None = None
         self.ready = False
+        self.stopped = False  # stop() was called (a test may stop a server on purpose)
 
     def start(self, ready_timeout: float = 30) -> "Server":
         binary = server_bin()
@@ -302,6 +308,7 @@ class Server:
         raise RuntimeError(f"no VmRSS in /proc/{self.pid}/status")
 
     def stop(self, timeout: float = 10) -> int | None:
+        self.stopped = True
         if self.proc is None:
             return None
         if self.proc.poll() is None:
