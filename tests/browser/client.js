@@ -20,6 +20,7 @@
   let room = null;
   let LK = null; // window.LivekitClient once loaded
   let screenTimer = null; // draws the fallback screen-share canvas
+  let connectStarted = null; // Date.now() when connect() called room.connect()
 
   function record(type, fields = {}) {
     events.push({ t: Date.now(), type, ...fields });
@@ -238,6 +239,7 @@
         await room.setE2EEEnabled(true);
       }
       const started = Date.now();
+      connectStarted = started;
       try {
         await room.connect(opts.url, opts.token, { autoSubscribe: opts.autoSubscribe ?? true });
       } catch (e) {
@@ -374,6 +376,28 @@
           resolve({ firstMessageBytes, closeCode: c.code, closeReason: c.reason });
         };
       });
+    },
+
+    /**
+     * Milliseconds from the start of room.connect() to the first decoded frame of `identity`'s
+     * camera (polls its receiver's stats every 5 ms, at most `timeoutMs`); null on timeout.
+     */
+    async firstFrameMs(identity, timeoutMs = 20000) {
+      const deadline = Date.now() + timeoutMs;
+      while (Date.now() < deadline) {
+        const p = room?.remoteParticipants.get(identity);
+        const pub = p && [...p.trackPublications.values()].find((x) => x.source === LK.Track.Source.Camera);
+        const receiver = pub?.track?.receiver;
+        if (receiver) {
+          let decoded = 0;
+          (await receiver.getStats()).forEach((st) => {
+            if (st.type === 'inbound-rtp') decoded = st.framesDecoded ?? 0;
+          });
+          if (decoded > 0) return Date.now() - connectStarted;
+        }
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      return null;
     },
 
     /** The recorded events, from index `since` on. */
