@@ -56,6 +56,9 @@ pub(crate) struct Session {
     pub addrs: Vec<SocketAddr>,
     pub next_timeout: Instant,
     pub connected: bool,
+    /// When ICE last reported `Disconnected` without having recovered since (an ICE restart
+    /// passes through it; see `ICE_RECOVERY_GRACE`).
+    pub ice_lost_at: Option<Instant>,
     /// Publisher side: incoming SSRC → (track, simulcast layer).
     pub ssrc_map: HashMap<Ssrc, (TrackId, u8)>,
     /// Publisher side: media section → track.
@@ -134,6 +137,7 @@ impl Session {
             addrs: Vec::new(),
             next_timeout: now,
             connected: false,
+            ice_lost_at: None,
             ssrc_map: HashMap::new(),
             mid_tracks: HashMap::new(),
             pending: Vec::new(),

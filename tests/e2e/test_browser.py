@@ -46,12 +46,14 @@ MIN_PY_FRAMES = 100  # video frames the Python peer decodes from the browser in 
 
 
 # ----------------------------------------------------------------------------- tests --
-@pytest.mark.parametrize("version", VERSIONS)
-def test_simulcast_publishers_and_a_subscriber(server, browser, version):
+@pytest.mark.parametrize("version,path", [("2.22", "rtc-v1"), ("2.23", "rtc-v1"), ("2.23", "rtc")])
+def test_simulcast_publishers_and_a_subscriber(start_server, browser, version, path):
     """(a) Two publishers (960x540 simulcast camera + microphone) and a subscribe-only third:
     everyone receives every other publisher's video and audio; the TrackInfo the others get
-    lists the three simulcast layers the publisher announced."""
-    room = f"!simulcast-{version}:example.org"
+    lists the three simulcast layers the publisher announced, on /rtc/v1 (where the data
+    m-line follows audio and video in the offer) and on /rtc (server --disable-rtc-v1)."""
+    server = start_server(*(["--disable-rtc-v1"] if path == "rtc" else []))
+    room = f"!simulcast-{version}-{path}:example.org"
     alice, bob, carol = (browser.open(n, version) for n in ("alice", "bob", "carol"))
     joined = connect_all([alice, bob, carol], room)
     assert sorted(joined["carol"]["others"]) == ["alice", "bob"], joined
@@ -74,6 +76,8 @@ def test_simulcast_publishers_and_a_subscriber(server, browser, version):
     for p in (alice, bob):
         p.wait_until(lambda s: sent_rids(s) == ["f", "h", "q"], LAYERS_SENT_S, "camera sending rids f, h, q")
     assert_undisturbed(alice, bob, carol)
+    want_path = "/rtc" if path == "rtc" else "/rtc/v1"
+    assert set(joined_paths(server).values()) == {want_path}, joined_paths(server)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -11,7 +11,7 @@ import pytest
 
 import harness
 from browser import (
-    MIN_FRAMES_RISE, SAMPLE_GAP_S, assert_media_flows, connect_all, inbound, remote_tracks,
+    MIN_FRAMES_RISE, SAMPLE_GAP_S, Page, assert_media_flows, connect_all, inbound, remote_tracks,
 )
 from harness import metric
 
@@ -39,6 +39,18 @@ def counts(server: harness.Server) -> dict[str, float]:
             ("participants", "published_tracks", "subscriptions", "sessions", "signal_detached", "tasks")}
 
 
+def two_in_a_call(browser, room: str, alice_version: str, bob_version: str) -> tuple[Page, Page]:
+    """alice and bob join `room`, each publishes camera (320x180) and microphone, and each
+    receives the other's media."""
+    alice, bob = browser.open("alice", alice_version), browser.open("bob", bob_version)
+    connect_all([alice, bob], room)
+    for p in (alice, bob):
+        p.call("publishCamera", SMALL)
+        p.call("publishMic")
+    assert_media_flows({alice: {"bob": AV}, bob: {"alice": AV}})
+    return alice, bob
+
+
 @pytest.mark.parametrize("path", ["rtc-v1", "rtc"])
 def test_signal_resume_after_the_server_drops_the_websocket(start_server, browser, path):
     """Item 5: the server's side of every signalling WebSocket is aborted (`ss -K`, as when a
@@ -49,12 +61,7 @@ def test_signal_resume_after_the_server_drops_the_websocket(start_server, browse
     that carries its ufrag."""
     server = start_server(*(["--disable-rtc-v1"] if path == "rtc" else []))
     room = f"!resume-{path}:example.org"
-    alice, bob = browser.open("alice", "2.22"), browser.open("bob", "2.23")
-    connect_all([alice, bob], room)
-    for p in (alice, bob):
-        p.call("publishCamera", SMALL)
-        p.call("publishMic")
-    assert_media_flows({alice: {"bob": AV}, bob: {"alice": AV}})
+    alice, bob = two_in_a_call(browser, room, "2.22", "2.23")
     before = {p.name: (local_sids(p), remote_sids(p, "bob" if p is alice else "alice")) for p in (alice, bob)}
     m0 = server.metrics()
 
@@ -95,12 +102,7 @@ def test_full_reconnect_after_the_server_forgot_the_participants(start_server, b
     is refused (leave RECONNECT), they rejoin from scratch, republish, and media flows again."""
     server = start_server()
     room = "!rejoin:example.org"
-    alice, bob = browser.open("alice", "2.23"), browser.open("bob", "2.22")
-    connect_all([alice, bob], room)
-    for p in (alice, bob):
-        p.call("publishCamera", SMALL)
-        p.call("publishMic")
-    assert_media_flows({alice: {"bob": AV}, bob: {"alice": AV}})
+    alice, bob = two_in_a_call(browser, room, "2.23", "2.22")
     before = {p.name: local_sids(p) for p in (alice, bob)}
 
     server.stop()
@@ -175,12 +177,7 @@ def test_garbage_and_a_tab_closed_mid_negotiation_leave_the_room_consistent(serv
     resume window). Participant, track and subscription counts return to what they were, and
     the two who stayed keep exchanging media."""
     room = "!garbage:example.org"
-    alice, bob = browser.open("alice", "2.23"), browser.open("bob", "2.22")
-    connect_all([alice, bob], room)
-    for p in (alice, bob):
-        p.call("publishCamera", SMALL)
-        p.call("publishMic")
-    assert_media_flows({alice: {"bob": AV}, bob: {"alice": AV}})
+    alice, bob = two_in_a_call(browser, room, "2.23", "2.22")
     base = counts(server)
 
     mallory = browser.open("mallory", "2.23")

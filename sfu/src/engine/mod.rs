@@ -48,6 +48,9 @@ const LAYER_STALE: Duration = Duration::from_millis(1500);
 const PLI_INTERVAL: Duration = Duration::from_millis(500);
 /// Longest sleep when no session has an earlier timer.
 const IDLE_WAKE: Duration = Duration::from_millis(500);
+/// How long ICE may stay `Disconnected` (consent lost, or mid ICE restart) before the peer
+/// connection counts as failed.
+const ICE_RECOVERY_GRACE: Duration = Duration::from_secs(4);
 
 pub(crate) fn spawn(
     socket: std::net::UdpSocket,
@@ -321,6 +324,14 @@ impl Engine {
             let Some(session) = self.sessions.get_mut(&key) else {
                 continue;
             };
+            if session
+                .ice_lost_at
+                .is_some_and(|t| now.saturating_duration_since(t) > ICE_RECOVERY_GRACE)
+            {
+                let (participant, role) = (session.participant, session.role);
+                self.fail_participant(participant, role, "ice consent lost".into());
+                continue;
+            }
             match session.guard(|rtc| rtc.handle_input(Input::Timeout(now))) {
                 Ok(Ok(())) => self.dirty.push(key),
                 Ok(Err(e)) => {
@@ -412,8 +423,14 @@ impl Engine {
                 self.emit(participant, SfuEvent::Connected { role });
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                self.fail_participant(participant, role, "ice consent lost".into());
+                // An ICE restart (new remote credentials) drops every pair first; the client's
+                // checks with the new ufrag bring it back. Only a loss that lasts ends it.
+                tracing::debug!(participant = participant.0, ?role, "ice disconnected");
+                session.ice_lost_at.get_or_insert_with(Instant::now);
             }
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) => session.ice_lost_at = None,
             Event::MediaAdded(added) if role == PeerRole::Publisher => {
                 self.bind_media(key, added.mid, added.kind);
             }

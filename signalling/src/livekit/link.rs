@@ -124,13 +124,24 @@ impl SignalLink {
     }
 }
 
-/// Whether a WebSocket read error means the connection itself broke (reset, aborted), as
-/// opposed to the client sending something invalid (bad framing, an oversized message).
+/// Whether a WebSocket read error means the connection itself broke (reset, aborted, closed
+/// without a close frame), as opposed to the client sending something invalid (bad framing,
+/// an oversized message).
 pub fn is_transport_error(e: &axum::Error) -> bool {
+    use tungstenite::error::{Error as WsError, ProtocolError};
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if err.is::<std::io::Error>() {
             return true;
+        }
+        if let Some(ws) = err.downcast_ref::<WsError>() {
+            return matches!(
+                ws,
+                WsError::Io(_)
+                    | WsError::ConnectionClosed
+                    | WsError::AlreadyClosed
+                    | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+            );
         }
         cur = err.source();
     }
