@@ -52,6 +52,8 @@ pub struct FloorReport {
     pub received: u64,
     /// Packets the relay encrypted and sent (received × fanout when nothing failed).
     pub forwarded: u64,
+    /// Packets the receivers read (forwarded minus what loopback dropped).
+    pub delivered: u64,
     /// Packets that failed to decrypt (must be 0).
     pub decrypt_failures: u64,
     /// CPU seconds the relay thread used.
@@ -94,9 +96,9 @@ fn nonce(seq: u64) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
-/// Runs the floor: a source thread, the relay thread (measured), and `fanout` receiving
-/// sockets that nobody reads (the kernel's loopback delivery is charged to the sender, as it
-/// is for a server sending to local clients).
+/// Runs the floor: a source thread, the relay thread (measured), and a drain thread reading
+/// the `fanout` receiving sockets (their reads are not charged to the relay; the loopback
+/// delivery into them is, as it is for a server sending to local clients).
 ///
 /// # Errors
 /// [`FloorError`] when a socket cannot be set up, a parameter is zero, or pinning fails.
@@ -116,8 +118,18 @@ pub fn measure(p: &FloorParams) -> Result<FloorReport, FloorError> {
         .collect::<Result<_, _>>()?;
     let source = UdpSocket::bind("127.0.0.1:0")?;
     source.connect(relay_addr)?;
+    for s in &sinks {
+        s.set_nonblocking(true)?;
+    }
 
     let done = Arc::new(AtomicBool::new(false));
+    let drained = Arc::new(AtomicBool::new(false));
+    let drain_thread = {
+        let drained = drained.clone();
+        std::thread::Builder::new()
+            .name("floor-drain".into())
+            .spawn(move || drain_loop(&sinks, &drained))?
+    };
     let relay_thread = {
         let done = done.clone();
         let p = p.clone();
@@ -131,9 +143,32 @@ pub fn measure(p: &FloorParams) -> Result<FloorReport, FloorError> {
     done.store(true, Ordering::Relaxed);
     let report = relay_thread
         .join()
-        .unwrap_or_else(|_| Err(FloorError::Socket(std::io::Error::other("relay panicked"))))?;
-    drop(sinks);
+        .unwrap_or_else(|_| Err(FloorError::Socket(std::io::Error::other("relay panicked"))));
+    std::thread::sleep(Duration::from_millis(100));
+    drained.store(true, Ordering::Relaxed);
+    let delivered = drain_thread.join().unwrap_or(0);
+    let mut report = report?;
+    report.delivered = delivered;
     Ok(report)
+}
+
+/// Reads every receiving socket until `stop`; returns how many packets it read.
+fn drain_loop(sinks: &[UdpSocket], stop: &AtomicBool) -> u64 {
+    let mut buf = [0u8; 2048];
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let mut got = false;
+        for s in sinks {
+            while s.recv(&mut buf).is_ok() {
+                n += 1;
+                got = true;
+            }
+        }
+        if !got {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    n
 }
 
 /// Sends `packets_per_second` encrypted packets for `duration`, paced in 1 ms steps.
@@ -224,6 +259,7 @@ fn relay_loop(
         payload_bytes: p.payload_bytes,
         received,
         forwarded,
+        delivered: 0, // filled in by `measure` once the drain thread is done
         decrypt_failures: failures,
         relay_cpu_s: cpu_used.as_secs_f64(),
         wall_s: wall.as_secs_f64(),
@@ -252,6 +288,7 @@ mod tests {
         assert_eq!(r.decrypt_failures, 0);
         assert_eq!(r.received, 100, "{r:?}");
         assert_eq!(r.forwarded, 300, "{r:?}");
+        assert_eq!(r.delivered, 300, "{r:?}");
         assert!(r.relay_cpu_s > 0.0, "{r:?}");
     }
 

@@ -82,13 +82,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             println!(
                 "floor ({}): {} packets/s × fanout {} ({} B payload): received {}, forwarded {}, \
-                 relay CPU {:.3} s over {:.2} s → {:.2} µs per forwarded packet",
+                 delivered {}, relay CPU {:.3} s over {:.2} s → {:.2} µs per forwarded packet",
                 r.cipher,
                 r.packets_per_second,
                 r.fanout,
                 r.payload_bytes,
                 r.received,
                 r.forwarded,
+                r.delivered,
                 r.relay_cpu_s,
                 r.wall_s,
                 r.us_per_forwarded_packet

@@ -4,6 +4,8 @@
 //! a resumed client misses no `ParticipantUpdate`, offer or answer.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -21,11 +23,15 @@ pub struct SignalLink {
     queue: VecDeque<Message>,
     detached_at: Option<Instant>,
     overflowed: bool,
+    /// Counts links without a socket (`switchboard_signal_detached`); `None` for throwaway
+    /// links that only send a refusal.
+    detached_gauge: Option<Arc<AtomicI64>>,
 }
 
 impl SignalLink {
-    /// A link on a freshly upgraded socket.
-    pub fn new(socket: WebSocket) -> Self {
+    /// A link on a freshly upgraded socket; while it has no socket it counts one in
+    /// `detached_gauge`.
+    pub fn new(socket: WebSocket, detached_gauge: Option<Arc<AtomicI64>>) -> Self {
         let (tx, rx) = socket.split();
         SignalLink {
             tx: Some(tx),
@@ -33,6 +39,7 @@ impl SignalLink {
             queue: VecDeque::new(),
             detached_at: None,
             overflowed: false,
+            detached_gauge,
         }
     }
 
@@ -75,7 +82,12 @@ impl SignalLink {
     pub fn detach(&mut self) {
         self.tx = None;
         self.rx = None;
-        self.detached_at.get_or_insert_with(Instant::now);
+        if self.detached_at.is_none() {
+            self.detached_at = Some(Instant::now());
+            if let Some(g) = &self.detached_gauge {
+                g.fetch_add(1, Relaxed);
+            }
+        }
     }
 
     /// How long the link has been without a socket.
@@ -98,7 +110,11 @@ impl SignalLink {
         let (tx, rx) = socket.split();
         self.tx = Some(tx);
         self.rx = Some(rx);
-        self.detached_at = None;
+        if self.detached_at.take().is_some() {
+            if let Some(g) = &self.detached_gauge {
+                g.fetch_sub(1, Relaxed);
+            }
+        }
     }
 
     /// Sends what was queued while detached, oldest first.
@@ -120,6 +136,16 @@ impl SignalLink {
     pub async fn close(&mut self, frame: Option<CloseFrame>) {
         if let Some(tx) = self.tx.as_mut() {
             let _ = tx.send(Message::Close(frame)).await;
+        }
+    }
+}
+
+impl Drop for SignalLink {
+    fn drop(&mut self) {
+        if self.detached_at.is_some() {
+            if let Some(g) = &self.detached_gauge {
+                g.fetch_sub(1, Relaxed);
+            }
         }
     }
 }

@@ -121,8 +121,8 @@ pub async fn run(state: Arc<AppState>, socket: WebSocket, grant: JoinGrant, opts
 /// Counts of signalling drops and resumes (`switchboard_signal_*` in `/metrics`).
 #[derive(Debug, Default)]
 pub struct ResumeCounters {
-    /// Sessions whose WebSocket is gone, waiting for a resume (gauge).
-    pub detached: AtomicI64,
+    /// Sessions whose WebSocket is gone, waiting for a resume (gauge, kept by `SignalLink`).
+    pub detached: Arc<AtomicI64>,
     /// Resumes that continued a session.
     pub resumed: AtomicU64,
     /// `reconnect=1` connections with nothing to resume (told to rejoin).
@@ -175,7 +175,7 @@ async fn hand_over(state: &AppState, socket: WebSocket, grant: JoinGrant, opts: 
     };
     tracing::info!("nothing to resume; told the client to rejoin");
     state.resumes.refused.fetch_add(1, Relaxed);
-    let mut link = SignalLink::new(socket);
+    let mut link = SignalLink::new(socket, None);
     refuse_resume(&mut link).await;
 }
 
@@ -198,7 +198,7 @@ async fn run_inner(
     grant: JoinGrant,
     opts: ConnectOptions,
 ) {
-    let mut link = SignalLink::new(socket);
+    let mut link = SignalLink::new(socket, Some(state.resumes.detached.clone()));
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Inbox>();
     let (sfu_tx, mut sfu_rx) = mpsc::unbounded_channel::<SfuEvent>();
     state.tasks.fetch_add(1, Relaxed);
@@ -280,7 +280,11 @@ async fn run_inner(
                         s.subscribe(track, &publisher_sid, &track_sid);
                     }
                 }
-                Inbox::Resume(r) => s.resume(*r, &mut link).await,
+                Inbox::Resume(r) => {
+                    if let Some(end) = s.resume(*r, &mut link).await {
+                        break end;
+                    }
+                }
                 Inbox::Close(reason) => break End::Server(reason),
             },
             Some(ev) = sfu_rx.recv() => {
@@ -333,9 +337,7 @@ async fn run_inner(
         End::Abandoned => tracing::info!("signalling not resumed in time"),
         End::Client => {}
     }
-    if link.detached_for().is_some() {
-        state.resumes.detached.fetch_sub(1, Relaxed);
-    }
+    drop(link); // a link still waiting for a resume leaves the detached gauge
     let _ = state.sfu.leave(s.pid);
     state.registry.remove(&s.room, s.pid, reason);
     state.tasks.fetch_sub(1, Relaxed);
@@ -474,7 +476,6 @@ impl Session {
     fn detach(&mut self, link: &mut SignalLink) {
         if link.detached_for().is_none() {
             tracing::info!("signalling connection lost; waiting for a resume");
-            self.state.resumes.detached.fetch_add(1, Relaxed);
         }
         link.detach();
     }
@@ -483,17 +484,19 @@ impl Session {
     /// `ReconnectResponse`, sends what queued while it was away, then everyone's current
     /// `ParticipantUpdate`. The client follows with `sync_state` (nothing to restore: the
     /// session never went away) and, if its transport broke, an ICE-restart offer.
-    async fn resume(&mut self, r: Resumption, link: &mut SignalLink) {
-        if r.opts.single_pc != self.opts.single_pc {
-            // a session cannot change its peer-connection layout
-            tracing::info!("resume on the other signalling path refused");
-            let mut other = SignalLink::new(r.socket);
+    /// Returns `Some` when the session cannot continue (messages for the client were lost).
+    async fn resume(&mut self, r: Resumption, link: &mut SignalLink) -> Option<End> {
+        if r.opts.single_pc != self.opts.single_pc || link.overflowed() {
+            // a session cannot change its peer-connection layout, nor go on with a gap in
+            // what its client was told
+            tracing::info!(
+                overflowed = link.overflowed(),
+                "resume refused (other signalling path, or too much missed)"
+            );
+            let mut other = SignalLink::new(r.socket, None);
             refuse_resume(&mut other).await;
             self.state.resumes.refused.fetch_add(1, Relaxed);
-            return;
-        }
-        if link.detached_for().is_some() {
-            self.state.resumes.detached.fetch_sub(1, Relaxed);
+            return link.overflowed().then_some(End::Abandoned);
         }
         self.state.resumes.resumed.fetch_add(1, Relaxed);
         link.attach(r.socket).await;
@@ -524,6 +527,7 @@ impl Session {
             self.initial_requests(jr, link).await;
         }
         tracing::info!("signalling resumed");
+        None
     }
 
     /// Auto-subscribes to tracks already live in the room.
