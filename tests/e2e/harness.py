@@ -72,6 +72,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float) -> int | None:
+    """SIGTERM `proc` (a process we started), SIGKILL it after `timeout` s; its exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
 def tail(path: Path | str, lines: int = 150) -> str:
     try:
         text = Path(path).read_text(errors="replace")
@@ -309,16 +323,7 @@ class Server:
 
     def stop(self, timeout: float = 10) -> int | None:
         self.stopped = True
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     def metrics(self) -> dict[str, float]:
         r = self.ns.http_get("/metrics")

@@ -27,7 +27,6 @@ import http.client
 import json
 import os
 import secrets
-import signal
 import sqlite3
 import subprocess
 import time
@@ -251,16 +250,7 @@ class Synapse:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 15) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return harness.stop_process(self.proc, timeout)
 
     # --- HTTP ----------------------------------------------------------------------------
     def request(self, method: str, path: str, body=None, *, token: str | None = None,
