@@ -1,11 +1,14 @@
 //! `switchboard-loadtest`: load generator and benchmark runner for Switchboard.
 //!
-//! Today it measures the machine's forwarding floor (`floor`, `performance-anchors.md` §8);
-//! the LiveKit-protocol scenarios (B1–B5, `run`) come next. Figures go to
+//! `floor` measures the machine's forwarding floor (`performance-anchors.md` §8); `run` drives
+//! the LiveKit-protocol scenarios B1–B5 against a server and, with `--server-pid`, reports its
+//! CPU per forwarded packet as a ratio to that floor (`R_floor`). Figures go to
 //! `docs/benchmarks.md`.
 
 mod cpu;
 mod floor;
+mod procfs;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +48,63 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Run a scenario against a server: simulated LiveKit participants (`/rtc`, str0m peer
+    /// connections) send synthetic Opus/VP8 and measure loss, latency and join times; with
+    /// `--server-pid` also the server's CPU per forwarded packet, memory and `R_floor`.
+    Run {
+        /// Signalling URL of the server.
+        #[arg(long, default_value = "ws://127.0.0.1:7880")]
+        url: url::Url,
+        /// API key the tokens name.
+        #[arg(long, env = "LIVEKIT_API_KEY")]
+        api_key: String,
+        /// API secret that signs them.
+        #[arg(long, env = "LIVEKIT_API_SECRET")]
+        api_secret: String,
+        /// B1 voice call, B2 grid, B3 webinar, B4 latency at 10/50/80 % of --subscribers,
+        /// B5 joins.
+        #[arg(long, value_enum, ignore_case = true)]
+        scenario: run::Scenario,
+        /// B1/B4: audio publishers.
+        #[arg(long, default_value_t = 10)]
+        publishers: u32,
+        /// B1/B3: subscribers; a comma list sweeps (10,25,50). B4: the capacity.
+        #[arg(long, value_delimiter = ',', default_value = "10")]
+        subscribers: Vec<u32>,
+        /// B2: participants (comma list sweeps); B5: sequential joiners.
+        #[arg(long, value_delimiter = ',', default_value = "4")]
+        participants: Vec<u32>,
+        /// B5: joiners in the storm (10/s).
+        #[arg(long, default_value_t = 50)]
+        storm: u32,
+        /// Measurement window per point, seconds.
+        #[arg(long, default_value_t = 30.0)]
+        duration: f64,
+        /// Warm-up per point after everyone joined, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        warmup: f64,
+        /// Joins per second while a point fills up.
+        #[arg(long, default_value_t = 25.0)]
+        join_rate: f64,
+        /// The server's pid: read its CPU and memory from /proc and measure the floor.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Pin every server thread (and the floor's relay) to this core.
+        #[arg(long)]
+        server_cpu: Option<usize>,
+        /// Pin this tool to this core.
+        #[arg(long)]
+        cpu: Option<usize>,
+        /// Skip the floor measurement.
+        #[arg(long)]
+        no_floor: bool,
+        /// Write the JSON report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Draw cost per packet, loss and latency against load as SVG here.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,8 +117,76 @@ fn main() -> ExitCode {
     }
 }
 
+fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
+    if !(v.is_finite() && (0.0..=3600.0).contains(&v)) {
+        anyhow::bail!("--{name} must be between 0 and 3600 seconds");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Run {
+            url,
+            api_key,
+            api_secret,
+            scenario,
+            publishers,
+            subscribers,
+            participants,
+            storm,
+            duration,
+            warmup,
+            join_rate,
+            server_pid,
+            server_cpu,
+            cpu,
+            no_floor,
+            json,
+            plot,
+        } => {
+            let duration = secs("duration", duration)?;
+            if duration.is_zero() {
+                anyhow::bail!("--duration must be more than 0 seconds");
+            }
+            if !(join_rate.is_finite() && join_rate > 0.0) {
+                anyhow::bail!("--join-rate must be more than 0");
+            }
+            if subscribers.is_empty() || participants.is_empty() {
+                anyhow::bail!("--subscribers and --participants need at least one number");
+            }
+            if let Some(core) = cpu {
+                cpu::pin_current_thread(core)
+                    .map_err(|e| anyhow::anyhow!("--cpu {core}: {e}"))?;
+            }
+            let params = run::RunParams {
+                url,
+                api_key,
+                api_secret,
+                scenario,
+                publishers,
+                subscribers,
+                participants,
+                storm,
+                duration,
+                warmup: secs("warmup", warmup)?,
+                join_rate,
+                server_pid,
+                server_cpu,
+                no_floor,
+            };
+            let points = run::run(&params)?;
+            println!("{}", run::report::table(&points));
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&run::report::json(&points))?;
+                std::fs::write(&path, text + "\n")
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            }
+            if let Some(path) = plot {
+                run::report::plot(&points, &path)?;
+            }
+            Ok(())
+        }
         Cmd::Floor {
             packets_per_second,
             fanout,
