@@ -189,6 +189,9 @@ struct Client {
     asked: HashSet<String>,
     buf: Vec<u8>,
     local_ip: IpAddr,
+    /// Keep-alive period from `JoinResponse.ping_interval` (the server drops a silent client).
+    ping_every: Option<Duration>,
+    next_ping: Instant,
 }
 
 /// Runs one participant until `stop` turns true, then leaves. Never panics on what the server
@@ -215,6 +218,8 @@ pub async fn run(
         asked: HashSet::new(),
         buf: vec![0u8; MAX_DATAGRAM],
         local_ip: target.local_ip,
+        ping_every: None,
+        next_ping: Instant::now(),
     };
     let result = client.session(&target, &mut stop).await;
     let error = result.err().map(|e| e.to_string());
@@ -275,6 +280,14 @@ impl Client {
                 }
             }
             let now = Instant::now();
+            if let Some(every) = self.ping_every {
+                if now >= self.next_ping {
+                    self.next_ping = now + every;
+                    let ms = synth::ns_since(self.shared.epoch, now) / 1_000_000;
+                    self.out.push(Req::Ping(ms as i64));
+                }
+                deadline = deadline.min(self.next_ping);
+            }
             if self.publisher.as_ref().is_some_and(|p| p.connected) {
                 next_tick = self.send_due(now);
                 deadline = deadline.min(next_tick);
@@ -459,6 +472,11 @@ impl Client {
         match msg {
             Resp::Join(j) => {
                 self.join.signal = Some(self.started.elapsed());
+                if j.ping_interval > 0 {
+                    let every = Duration::from_secs(u64::from(j.ping_interval as u32)).max(Duration::from_secs(1));
+                    self.ping_every = Some(every);
+                    self.next_ping = Instant::now() + every;
+                }
                 self.note_tracks(&j.other_participants);
                 if self.spec.audio || self.spec.video {
                     self.publish()?;
