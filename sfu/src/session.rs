@@ -27,7 +27,7 @@ pub(crate) const SCTP_SEND_BUFFER_BYTES: usize = 1024 * 1024;
 pub(crate) const MAX_DATA_BACKLOG_BYTES: usize = 4 * 1024 * 1024;
 
 /// Process-unique key of a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct SessionKey(pub u64);
 
 /// A change to the subscriber PC waiting for the current offer/answer round to end.

@@ -28,6 +28,7 @@ use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::stats::{count_progress, JoinTimes, ParticipantReport, RxStats, Shared};
 use super::synth::{self, LayerShape, VIDEO_LAYERS};
@@ -262,7 +263,11 @@ impl Client {
             .append_pair("sdk", "rust")
             .append_pair("version", env!("CARGO_PKG_VERSION"));
         self.started = Instant::now();
-        let (mut ws, _) = tokio::time::timeout(JOIN_TIMEOUT, tokio_tungstenite::connect_async(url.as_str()))
+        // A small read buffer: tungstenite zeroes it on every read attempt, and the loop
+        // polls the WebSocket after every burst of media (128 KiB by default).
+        let config = WebSocketConfig::default().read_buffer_size(4096);
+        let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
+        let (mut ws, _) = tokio::time::timeout(JOIN_TIMEOUT, connect)
             .await
             .map_err(|_| ParticipantError::JoinTimeout(JOIN_TIMEOUT))?
             .map_err(|e| ParticipantError::Connect {
@@ -364,6 +369,7 @@ impl Client {
                                 .handle_input(input)
                                 .map_err(|e| ParticipantError::Rtc(e.to_string()))?;
                         }
+                        // str0m keeps one input's output until polled: poll after each.
                         self.drive(role)?;
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),

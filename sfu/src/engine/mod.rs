@@ -9,6 +9,7 @@
 
 mod media;
 mod negotiation;
+mod outbox;
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
@@ -16,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSocketState};
+use quinn_udp::{RecvMeta, UdpSocketState};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelConfig, Reliability};
 use str0m::format::PayloadParams;
@@ -149,6 +150,10 @@ struct Engine {
     tracks: HashMap<TrackId, Track>,
     subs: HashMap<(ParticipantId, TrackId), Subscription>,
     dirty: Vec<SessionKey>,
+    /// Scratch for [`Engine::drain_dirty`] (kept to reuse its allocation).
+    drain_round: Vec<SessionKey>,
+    /// Datagrams transmitted while draining, sent in batches (`sendmmsg`).
+    outbox: outbox::Outbox,
     due: Vec<SessionKey>,
     bufs: Vec<Vec<u8>>,
 }
@@ -177,6 +182,8 @@ impl Engine {
             tracks: HashMap::new(),
             subs: HashMap::new(),
             dirty: Vec::with_capacity(64),
+            drain_round: Vec::with_capacity(64),
+            outbox: outbox::Outbox::new(local),
             due: Vec::with_capacity(64),
             bufs: vec![vec![0u8; RECV_BUF]; BATCH],
         })
@@ -286,8 +293,9 @@ impl Engine {
                 return;
             }
         }
-        self.dirty.push(key);
-        self.drain_dirty();
+        // Only this session now: its packets fan out into subscribers' queues, which are
+        // drained once after the whole batch of datagrams (`run`).
+        self.drain(key);
     }
 
     /// Finds the session a datagram belongs to: STUN by the USERNAME's local ufrag (so a client
@@ -348,9 +356,31 @@ impl Engine {
 
     // ---------------------------------------------------------------- output
 
+    /// Drains every session marked dirty, each once per round however many packets were
+    /// written to it: a subscriber's queued packets go out in one poll loop, with one timeout
+    /// computation, instead of one per packet. Draining can mark more sessions (a publisher's
+    /// packets fan out), hence the rounds.
     fn drain_dirty(&mut self) {
-        while let Some(key) = self.dirty.pop() {
-            self.drain(key);
+        let mut round = std::mem::take(&mut self.drain_round);
+        while !self.dirty.is_empty() {
+            std::mem::swap(&mut round, &mut self.dirty);
+            round.sort_unstable();
+            round.dedup();
+            for key in round.drain(..) {
+                self.drain(key);
+            }
+        }
+        self.drain_round = round;
+        self.flush_outbox();
+    }
+
+    /// Sends the datagrams queued by [`Engine::drain`].
+    fn flush_outbox(&mut self) {
+        let f = self.outbox.flush(&self.socket);
+        if f.dropped > 0 {
+            self.metrics
+                .dropped_datagrams
+                .fetch_add(f.dropped, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -387,15 +417,10 @@ impl Engine {
                     return;
                 }
                 Output::Transmit(t) => {
-                    let transmit = UdpTransmit {
-                        destination: t.destination,
-                        ecn: None,
-                        contents: &t.contents,
-                        segment_size: None,
-                        src_ip: Some(t.source.ip()),
-                    };
-                    if self.udp.try_send((&self.socket).into(), &transmit).is_err() {
-                        SfuMetrics::inc(&self.metrics.dropped_datagrams);
+                    self.outbox
+                        .push(t.destination, t.source.ip(), t.contents.into());
+                    if self.outbox.len() >= outbox::BATCH {
+                        self.flush_outbox();
                     }
                 }
                 Output::Event(e) => self.event(key, e),
