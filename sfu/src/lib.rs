@@ -254,6 +254,11 @@ pub(crate) enum Command {
         track: TrackId,
         paused: bool,
     },
+    SetMaxLayer {
+        participant: ParticipantId,
+        track: TrackId,
+        layer: u8,
+    },
     Leave {
         participant: ParticipantId,
     },
@@ -388,6 +393,23 @@ impl SfuHandle {
             participant,
             track,
             paused,
+        })
+    }
+
+    /// Caps the simulcast layer one subscription receives (0 = lowest, 2 = highest; LiveKit
+    /// `UpdateTrackSettings.quality` / `width` × `height`). The subscriber gets the highest
+    /// layer the publisher sends that is at or below the cap, or the lowest sent above it;
+    /// a switch waits for a keyframe of the new layer (a PLI asks for one).
+    pub fn set_max_layer(
+        &self,
+        participant: ParticipantId,
+        track: TrackId,
+        layer: u8,
+    ) -> Result<(), SfuError> {
+        self.send(Command::SetMaxLayer {
+            participant,
+            track,
+            layer,
         })
     }
 

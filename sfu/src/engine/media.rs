@@ -118,7 +118,9 @@ impl Engine {
             return;
         };
         let video = track.kind == TrackKind::Video;
-        let target = track.target_layer(now);
+        let targets = track.targets(now);
+        // Layers some subscription waits for a keyframe of (asked for below).
+        let mut waiting = [false; 3];
         let keyframe = video && is_keyframe_start(track.codec, &pkt.payload);
         let lp = LayerPacket {
             layer,
@@ -135,7 +137,12 @@ impl Engine {
                 continue;
             }
             let Some(mid) = sub.mid else { continue };
-            let Some(h) = sub.forwarder.forward(lp, target) else {
+            let target = targets[usize::from(sub.max_layer.min(2))];
+            let forwarded = sub.forwarder.forward(lp, target);
+            if video && sub.forwarder.current_layer() != Some(target) {
+                waiting[usize::from(target.min(2))] = true;
+            }
+            let Some(h) = forwarded else {
                 continue;
             };
             let Some(out) = self.sessions.get_mut(&sub.session) else {
@@ -182,15 +189,12 @@ impl Engine {
                 }
             }
         }
-        // A keyframe was missed for a waiting video subscription: ask for one (throttled).
-        if video
-            && track.subscribers.iter().any(|pid| {
-                self.subs.get(&(*pid, track_id)).is_some_and(|s| {
-                    s.ready && !s.paused && s.forwarder.current_layer() != Some(target)
-                })
-            })
-        {
-            self.request_keyframe(track_id, Some(target), KeyframeRequestKind::Pli);
+        // A video subscription waits for a keyframe of its target layer: ask for one per
+        // layer waited for (throttled per layer in `request_keyframe`).
+        for (layer, wait) in waiting.iter().enumerate() {
+            if *wait {
+                self.request_keyframe(track_id, Some(layer as u8), KeyframeRequestKind::Pli);
+            }
         }
     }
 

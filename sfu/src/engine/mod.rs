@@ -112,14 +112,32 @@ struct Track {
 impl Track {
     /// Highest simulcast layer that is flowing now (0 when none is).
     fn target_layer(&self, now: Instant) -> u8 {
-        (0..3u8)
-            .rev()
-            .find(|&l| {
-                self.layer_seen[usize::from(l)]
-                    .is_some_and(|t| now.saturating_duration_since(t) < LAYER_STALE)
-            })
-            .unwrap_or(0)
+        self.targets(now)[2]
     }
+
+    /// The layer to forward for each cap 0..=2: the highest flowing layer at or below the
+    /// cap, else the lowest flowing one above it (0 when none flows).
+    fn targets(&self, now: Instant) -> [u8; 3] {
+        let live = |l: u8| {
+            self.layer_seen[usize::from(l)]
+                .is_some_and(|t| now.saturating_duration_since(t) < LAYER_STALE)
+        };
+        std::array::from_fn(|cap| {
+            let cap = cap as u8;
+            (0..=cap)
+                .rev()
+                .find(|&l| live(l))
+                .or_else(|| (cap + 1..3).find(|&l| live(l)))
+                .unwrap_or(0)
+        })
+    }
+}
+
+/// See [`Engine::early_settings`].
+#[derive(Debug, Default, Clone, Copy)]
+struct EarlySettings {
+    paused: Option<bool>,
+    max_layer: Option<u8>,
 }
 
 struct Subscription {
@@ -130,6 +148,8 @@ struct Subscription {
     mid: Option<Mid>,
     ready: bool,
     paused: bool,
+    /// Highest simulcast layer this subscriber asked for (0..=2).
+    max_layer: u8,
     forwarder: Forwarder,
     /// Last publisher PT and the subscriber PT it maps to.
     pt_cache: Option<(Pt, Pt)>,
@@ -149,6 +169,9 @@ struct Engine {
     rooms: HashMap<Arc<str>, Vec<ParticipantId>>,
     tracks: HashMap<TrackId, Track>,
     subs: HashMap<(ParticipantId, TrackId), Subscription>,
+    /// Settings (`set_paused`, `set_max_layer`) that arrived before their subscription
+    /// existed; applied when it is created.
+    early_settings: HashMap<(ParticipantId, TrackId), EarlySettings>,
     dirty: Vec<SessionKey>,
     /// Scratch for [`Engine::drain_dirty`] (kept to reuse its allocation).
     drain_round: Vec<SessionKey>,
@@ -181,6 +204,7 @@ impl Engine {
             rooms: HashMap::new(),
             tracks: HashMap::new(),
             subs: HashMap::new(),
+            early_settings: HashMap::new(),
             dirty: Vec::with_capacity(64),
             drain_round: Vec::with_capacity(64),
             outbox: outbox::Outbox::new(local),

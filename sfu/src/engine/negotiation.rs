@@ -52,11 +52,34 @@ impl Engine {
                         sub.paused = paused;
                         if !paused {
                             sub.forwarder.reset();
-                            self.request_keyframe(track, None, KeyframeRequestKind::Pli);
+                            let cap = usize::from(sub.max_layer.min(2));
+                            let layer = self
+                                .tracks
+                                .get(&track)
+                                .map(|t| t.targets(Instant::now())[cap]);
+                            self.request_keyframe(track, layer, KeyframeRequestKind::Pli);
                         }
                     }
+                } else {
+                    self.early_settings
+                        .entry((participant, track))
+                        .or_default()
+                        .paused = Some(paused);
                 }
             }
+            Command::SetMaxLayer {
+                participant,
+                track,
+                layer,
+            } => match self.subs.get_mut(&(participant, track)) {
+                Some(sub) => sub.max_layer = layer.min(2),
+                None => {
+                    self.early_settings
+                        .entry((participant, track))
+                        .or_default()
+                        .max_layer = Some(layer.min(2));
+                }
+            },
             Command::Leave { participant } => self.remove_participant(participant),
         }
         self.drain_dirty();
@@ -289,12 +312,14 @@ impl Engine {
             if let Some(sub) = self.subs.get_mut(&(participant, *track)) {
                 if !sub.ready && sub.mid == Some(*mid) {
                     sub.ready = true;
-                    woken.push(*track);
+                    woken.push((*track, usize::from(sub.max_layer.min(2))));
                 }
             }
         }
-        for track in woken {
-            self.request_keyframe(track, None, KeyframeRequestKind::Pli);
+        let now = Instant::now();
+        for (track, cap) in woken {
+            let layer = self.tracks.get(&track).map(|t| t.targets(now)[cap]);
+            self.request_keyframe(track, layer, KeyframeRequestKind::Pli);
         }
         self.renegotiate(key);
     }
@@ -322,6 +347,10 @@ impl Engine {
         let clock = if video { 90_000 } else { 48_000 };
         track.subscribers.push(participant);
         let first_seq = rand::random::<u16>() & 0x3fff;
+        let early = self
+            .early_settings
+            .remove(&(participant, track_id))
+            .unwrap_or_default();
         self.subs.insert(
             (participant, track_id),
             Subscription {
@@ -330,7 +359,8 @@ impl Engine {
                 track_label: track_label.clone(),
                 mid: None,
                 ready: false,
-                paused: false,
+                paused: early.paused.unwrap_or(false),
+                max_layer: early.max_layer.unwrap_or(2),
                 forwarder: Forwarder::new(video, clock, first_seq),
                 pt_cache: None,
             },
@@ -523,6 +553,7 @@ impl Engine {
         };
         let published = p.published.clone();
         let subscribed = p.subscribed.clone();
+        self.early_settings.retain(|(p, _), _| *p != participant);
         for track in published {
             self.end_track(track);
         }

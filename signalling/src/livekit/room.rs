@@ -115,6 +115,23 @@ impl Room {
 
     /// Finds a live track of a visible participant by `TR_` sid: (publisher, publisher sid,
     /// SFU track id).
+    /// A published track's media-plane id and its simulcast layers (as announced in
+    /// `AddTrackRequest`, `TrackInfo.layers`).
+    pub fn track_layers(&self, track_sid: &str) -> Option<(TrackId, Vec<proto::VideoLayer>)> {
+        self.members.values().filter(|m| !m.hidden).find_map(|m| {
+            let id = *m.track_ids.get(track_sid)?;
+            let layers = m
+                .info
+                .tracks
+                .iter()
+                .find(|t| t.sid == track_sid)
+                .and_then(|t| t.codecs.first())
+                .map(|c| c.layers.clone())
+                .unwrap_or_default();
+            Some((id, layers))
+        })
+    }
+
     pub fn find_track(&self, track_sid: &str) -> Option<(ParticipantId, String, TrackId)> {
         self.members
             .iter()

@@ -617,10 +617,14 @@ impl Session {
                     let found = self
                         .state
                         .registry
-                        .with_room(&self.room, |room| room.find_track(tsid))
+                        .with_room(&self.room, |room| room.track_layers(tsid))
                         .flatten();
-                    if let Some((_, _, track)) = found {
-                        let _ = self.sfu().set_paused(self.pid, track, ts.disabled);
+                    if let Some((track, layers)) = found {
+                        let off = ts.quality == proto::VideoQuality::Off as i32;
+                        let _ = self.sfu().set_paused(self.pid, track, ts.disabled || off);
+                        if let Some(layer) = max_layer(&layers, &ts) {
+                            let _ = self.sfu().set_max_layer(self.pid, track, layer);
+                        }
                     }
                 }
             }
@@ -1055,4 +1059,89 @@ fn truncate(s: &str, max: usize) -> &str {
 fn encode(msg: Resp) -> Message {
     let resp = proto::SignalResponse { message: Some(msg) };
     Message::Binary(resp.encode_to_vec().into())
+}
+
+/// The simulcast layer cap an `UpdateTrackSettings` asks for, as an index into the track's
+/// layers sorted by quality (the media plane's layer numbering). Dimensions win over
+/// `quality`: the smallest layer at least `width` × `height`, else the largest (LiveKit
+/// `UpdateTrackSettings`; livekit-client sends its video element's size with adaptive
+/// stream). `None` for a track without simulcast layers.
+fn max_layer(layers: &[proto::VideoLayer], ts: &proto::UpdateTrackSettings) -> Option<u8> {
+    if layers.len() < 2 {
+        return None;
+    }
+    let mut sorted: Vec<&proto::VideoLayer> = layers.iter().collect();
+    sorted.sort_by_key(|l| l.quality);
+    let last = sorted.len() - 1;
+    let index = if ts.width > 0 || ts.height > 0 {
+        sorted
+            .iter()
+            .position(|l| l.width >= ts.width && l.height >= ts.height)
+            .unwrap_or(last)
+    } else {
+        sorted
+            .iter()
+            .rposition(|l| l.quality <= ts.quality)
+            .unwrap_or(0)
+    };
+    Some(index.min(2) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layers() -> Vec<proto::VideoLayer> {
+        [(2, 1280, 720), (0, 320, 180), (1, 640, 360)]
+            .iter()
+            .map(|&(quality, width, height)| proto::VideoLayer {
+                quality,
+                width,
+                height,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn settings(
+        quality: proto::VideoQuality,
+        width: u32,
+        height: u32,
+    ) -> proto::UpdateTrackSettings {
+        proto::UpdateTrackSettings {
+            quality: quality as i32,
+            width,
+            height,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn quality_caps_the_layer() {
+        use proto::VideoQuality::*;
+        assert_eq!(max_layer(&layers(), &settings(Low, 0, 0)), Some(0));
+        assert_eq!(max_layer(&layers(), &settings(Medium, 0, 0)), Some(1));
+        assert_eq!(max_layer(&layers(), &settings(High, 0, 0)), Some(2));
+    }
+
+    #[test]
+    fn dimensions_pick_the_smallest_layer_that_covers_them() {
+        use proto::VideoQuality::*;
+        assert_eq!(max_layer(&layers(), &settings(High, 300, 170)), Some(0));
+        assert_eq!(max_layer(&layers(), &settings(Low, 321, 180)), Some(1));
+        assert_eq!(max_layer(&layers(), &settings(Low, 1920, 1080)), Some(2));
+    }
+
+    #[test]
+    fn a_track_without_simulcast_is_not_capped() {
+        let one = vec![proto::VideoLayer::default()];
+        assert_eq!(
+            max_layer(&one, &settings(proto::VideoQuality::Low, 0, 0)),
+            None
+        );
+        assert_eq!(
+            max_layer(&[], &settings(proto::VideoQuality::Low, 0, 0)),
+            None
+        );
+    }
 }
