@@ -48,8 +48,8 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Run a scenario against a server: simulated LiveKit participants (`/rtc`, str0m peer
-    /// connections) send synthetic Opus/VP8 and measure loss, latency and join times; with
+    /// Run a scenario against a server: simulated LiveKit participants (`/rtc`, webrtc or str0m
+    /// peer connections) send synthetic Opus/VP8 and measure loss, latency and join times; with
     /// `--server-pid` also the server's CPU per forwarded packet, memory and `R_floor`.
     Run {
         /// Signalling URL of the server.
@@ -98,6 +98,11 @@ enum Cmd {
         /// Skip the floor measurement.
         #[arg(long)]
         no_floor: bool,
+        /// The participants' WebRTC implementation: `str0m` (the server's own library) or
+        /// `webrtc` (the webrtc crate 0.21, a stranger to the server, but ~1.7x the CPU per
+        /// received packet: one core saturates near 75k packets/s).
+        #[arg(long, value_enum, default_value = "str0m")]
+        stack: run::peer::Stack,
         /// Write the JSON report here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -142,6 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             server_cpu,
             cpu,
             no_floor,
+            stack,
             json,
             plot,
         } => {
@@ -174,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 server_pid,
                 server_cpu,
                 no_floor,
+                stack,
             };
             let points = run::run(&params)?;
             println!("{}", run::report::table(&points));

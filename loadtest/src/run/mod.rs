@@ -8,9 +8,13 @@
 //! same fan-out and packet size, pinned like the server, giving `R_floor`.
 
 pub mod participant;
+pub mod peer;
+mod peer_str0m;
+mod peer_webrtc;
 pub mod report;
 pub mod stats;
 pub mod synth;
+pub mod tx;
 
 use std::io::Write as _;
 use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
@@ -79,6 +83,8 @@ pub struct RunParams {
     pub server_cpu: Option<usize>,
     /// Skip the floor even with `--server-pid`.
     pub no_floor: bool,
+    /// The participants' WebRTC implementation.
+    pub stack: peer::Stack,
 }
 
 /// One group of joiners inside a point.
@@ -108,9 +114,16 @@ struct Plan {
 /// A clear one-line error when the server is unreachable, the key is refused, or every
 /// participant of a point failed.
 pub fn run(p: &RunParams) -> anyhow::Result<Vec<PointReport>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = match p.stack {
+        peer::Stack::Str0m => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        // webrtc's connection drivers are tasks of their own; one worker beside this thread.
+        peer::Stack::Webrtc => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?,
+    };
     rt.block_on(run_async(p))
 }
 
@@ -126,6 +139,7 @@ async fn run_async(p: &RunParams) -> anyhow::Result<Vec<PointReport>> {
         api_key: p.api_key.clone(),
         api_secret: p.api_secret.clone(),
         local_ip,
+        stack: p.stack,
     });
     preflight(&target).await?;
     if let (Some(pid), Some(core)) = (p.server_pid, p.server_cpu) {

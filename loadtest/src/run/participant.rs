@@ -1,14 +1,16 @@
 //! One simulated LiveKit participant: the client side of the signalling protocol (`/rtc`,
-//! two peer connections, LiveKit `SignalRequest`/`SignalResponse` over a WebSocket) and a str0m
-//! peer connection per role, sending synthetic media and measuring what arrives.
+//! two peer connections, LiveKit `SignalRequest`/`SignalResponse` over a WebSocket), sending
+//! synthetic media ([`super::tx`]) and measuring what arrives ([`super::stats`]). The peer
+//! connections are either WebRTC stack behind [`super::peer::Peer`]; everything LiveKit is here,
+//! once, for both.
 //!
-//! Everything for one participant runs in one task on the tool's single-threaded runtime: the
-//! WebSocket, the publisher and subscriber `Rtc`s and their UDP sockets. A participant is a
-//! publisher (sends audio and/or simulcast video, subscribes to nothing), a subscriber, or both.
+//! The signalling, the send schedule and the statistics of one participant run in one task: the
+//! WebSocket, the publisher and subscriber peers (str0m: their sockets too; webrtc: events from
+//! the connections' own tasks). A participant is a publisher (sends audio and/or simulcast
+//! video, subscribes to nothing), a subscriber, or both.
 
 use std::collections::HashSet;
-use std::io::ErrorKind;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,27 +18,20 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use livekit_api::access_token::{AccessToken, VideoGrants};
 use livekit_protocol as proto;
+use prost::Message as _;
 use proto::signal_request::Message as Req;
 use proto::signal_response::Message as Resp;
-use prost::Message as _;
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
-use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
-use str0m::{Candidate, Event, Input, Output, Rtc};
-use tokio::net::UdpSocket;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use super::peer::{Peer, PeerEvent, PublishSpec, Stack};
 use super::stats::{count_progress, JoinTimes, ParticipantReport, RxStats, Shared};
-use super::synth::{self, LayerShape, VIDEO_LAYERS};
+use super::synth::{self, VIDEO_LAYERS};
+use super::tx::Schedule;
 
 /// How long a participant waits for its join to complete (signalling, ICE, DTLS).
 const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
-/// Largest datagram we read.
-const MAX_DATAGRAM: usize = 2048;
 
 /// What one participant does.
 #[derive(Debug, Clone)]
@@ -70,6 +65,8 @@ pub struct Target {
     pub api_secret: String,
     /// Address our UDP sockets bind to (the one that routes to the server).
     pub local_ip: IpAddr,
+    /// The WebRTC implementation the participants use.
+    pub stack: Stack,
 }
 
 /// Errors that end a participant.
@@ -125,62 +122,22 @@ pub fn mint_token(target: &Target, spec: &Spec) -> Result<String, ParticipantErr
         .map_err(|e| ParticipantError::Token(e.to_string()))
 }
 
-/// One outgoing stream: audio, or one simulcast layer.
-struct TxStream {
-    mid: Mid,
-    rid: Option<Rid>,
-    pt: str0m::media::Pt,
-    id: u32,
-    shape: Option<LayerShape>,
-    next_due: Instant,
-    seq: u64,
-    trailer_seq: u32,
-    rtp_ts: u32,
-    frame: u64,
-    next_keyframe: Instant,
-    force_keyframe: bool,
-}
-
-/// A peer connection: the `Rtc` and its socket.
-struct Pc {
-    rtc: Rtc,
-    sock: UdpSocket,
-    local: SocketAddr,
-    pending: Option<SdpPendingOffer>,
-    connected: bool,
-}
-
-impl Pc {
-    fn new(local_ip: IpAddr, now: Instant) -> Result<Self, ParticipantError> {
-        let std_sock = std::net::UdpSocket::bind(SocketAddr::new(local_ip, 0))?;
-        std_sock.set_nonblocking(true)?;
-        let sock = UdpSocket::from_std(std_sock)?;
-        let local = sock.local_addr()?;
-        let mut rtc = Rtc::builder()
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_vp8(true)
-            .build(now);
-        let cand = Candidate::host(local, "udp").map_err(|e| ParticipantError::Rtc(e.to_string()))?;
-        rtc.add_local_candidate(cand);
-        Ok(Self {
-            rtc,
-            sock,
-            local,
-            pending: None,
-            connected: false,
-        })
-    }
-}
-
-/// The client's half of a session.
+/// The client's half of a session: its peer connections (publisher, subscriber) beside the
+/// state the signalling and the media events share.
 struct Client {
+    /// `[publisher, subscriber]`.
+    peers: [Option<Peer>; 2],
+    state: State,
+}
+
+/// Everything but the peer connections.
+struct State {
     spec: Spec,
     shared: Arc<Shared>,
-    publisher: Option<Pc>,
-    subscriber: Option<Pc>,
-    tx: Vec<TxStream>,
+    stack: Stack,
+    local_ip: IpAddr,
+    tx: Schedule,
+    publisher_connected: bool,
     rx: RxStats,
     join: JoinTimes,
     started: Instant,
@@ -188,8 +145,6 @@ struct Client {
     ready: bool,
     video_sids: HashSet<String>,
     asked: HashSet<String>,
-    buf: Vec<u8>,
-    local_ip: IpAddr,
     /// Keep-alive period from `JoinResponse.ping_interval` (the server drops a silent client).
     ping_every: Option<Duration>,
     next_ping: Instant,
@@ -205,32 +160,37 @@ pub async fn run(
 ) -> ParticipantReport {
     let identity = spec.identity.clone();
     let mut client = Client {
-        spec,
-        shared: shared.clone(),
-        publisher: None,
-        subscriber: None,
-        tx: Vec::new(),
-        rx: RxStats::new(),
-        join: JoinTimes::default(),
-        started: Instant::now(),
-        out: Vec::new(),
-        ready: false,
-        video_sids: HashSet::new(),
-        asked: HashSet::new(),
-        buf: vec![0u8; MAX_DATAGRAM],
-        local_ip: target.local_ip,
-        ping_every: None,
-        next_ping: Instant::now(),
+        peers: [None, None],
+        state: State {
+            spec,
+            shared: shared.clone(),
+            stack: target.stack,
+            local_ip: target.local_ip,
+            tx: Schedule::default(),
+            publisher_connected: false,
+            rx: RxStats::new(),
+            join: JoinTimes::default(),
+            started: Instant::now(),
+            out: Vec::new(),
+            ready: false,
+            video_sids: HashSet::new(),
+            asked: HashSet::new(),
+            ping_every: None,
+            next_ping: Instant::now(),
+        },
     };
     let result = client.session(&target, &mut stop).await;
+    for peer in client.peers.iter_mut().filter_map(Option::take) {
+        peer.close().await;
+    }
     let error = result.err().map(|e| e.to_string());
     if error.is_some() {
         shared.failed.fetch_add(1, Ordering::Relaxed);
     }
     ParticipantReport {
         identity,
-        join: client.join,
-        rx: client.rx,
+        join: client.state.join,
+        rx: client.state.rx,
         error,
     }
 }
@@ -240,9 +200,9 @@ fn encode(msg: Req) -> WsMessage {
     WsMessage::Binary(req.encode_to_vec().into())
 }
 
-async fn readable(pc: &Option<Pc>) -> std::io::Result<()> {
-    match pc {
-        Some(pc) => pc.sock.readable().await,
+async fn ready(peer: &mut Option<Peer>) -> Result<(), ParticipantError> {
+    match peer {
+        Some(p) => p.ready().await,
         None => std::future::pending().await,
     }
 }
@@ -253,20 +213,24 @@ impl Client {
         target: &Target,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), ParticipantError> {
-        let token = mint_token(target, &self.spec)?;
+        let token = mint_token(target, &self.state.spec)?;
         let mut url = target.url.clone();
         url.set_path("/rtc");
         url.query_pairs_mut()
             .append_pair("access_token", &token)
-            .append_pair("auto_subscribe", if self.spec.subscribe { "1" } else { "0" })
+            .append_pair(
+                "auto_subscribe",
+                if self.state.spec.subscribe { "1" } else { "0" },
+            )
             .append_pair("protocol", "16")
             .append_pair("sdk", "rust")
             .append_pair("version", env!("CARGO_PKG_VERSION"));
-        self.started = Instant::now();
+        self.state.started = Instant::now();
         // A small read buffer: tungstenite zeroes it on every read attempt, and the loop
         // polls the WebSocket after every burst of media (128 KiB by default).
         let config = WebSocketConfig::default().read_buffer_size(4096);
-        let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
+        let connect =
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
         let (mut ws, _) = tokio::time::timeout(JOIN_TIMEOUT, connect)
             .await
             .map_err(|_| ParticipantError::JoinTimeout(JOIN_TIMEOUT))?
@@ -274,45 +238,61 @@ impl Client {
                 url: format!("{}{}", target.url.as_str().trim_end_matches('/'), "/rtc"),
                 reason: e.to_string(),
             })?;
-        let join_deadline = self.started + JOIN_TIMEOUT;
-        let mut next_tick = Instant::now();
+        let join_deadline = self.state.started + JOIN_TIMEOUT;
+        let mut packets = Vec::new();
         loop {
-            // Drive both peer connections until they only wait for time or input.
-            let mut deadline = next_tick + Duration::from_millis(500);
-            for role in [0, 1] {
-                if let Some(t) = self.drive(role)? {
-                    deadline = deadline.min(t);
-                }
-            }
             let now = Instant::now();
-            if let Some(every) = self.ping_every {
-                if now >= self.next_ping {
-                    self.next_ping = now + every;
-                    let ms = synth::ns_since(self.shared.epoch, now) / 1_000_000;
-                    self.out.push(Req::Ping(ms as i64));
+            let mut deadline = now + Duration::from_millis(500);
+            if let Some(every) = self.state.ping_every {
+                if now >= self.state.next_ping {
+                    self.state.next_ping = now + every;
+                    let ms = synth::ns_since(self.state.shared.epoch, now) / 1_000_000;
+                    self.state.out.push(Req::Ping(ms as i64));
                 }
-                deadline = deadline.min(self.next_ping);
+                deadline = deadline.min(self.state.next_ping);
             }
-            if self.publisher.as_ref().is_some_and(|p| p.connected) {
-                next_tick = self.send_due(now);
-                deadline = deadline.min(next_tick);
+            // Media due first, so the drive below transmits it at once.
+            if self.state.publisher_connected {
+                let next = self
+                    .state
+                    .tx
+                    .due(now, self.state.shared.epoch, &mut packets);
+                deadline = deadline.min(next);
+                if !packets.is_empty() {
+                    let n = packets.len() as u64;
+                    if let Some(p) = self.peers[0].as_mut() {
+                        p.send(&mut packets, now).await?;
+                    }
+                    packets.clear();
+                    self.state.shared.tx_packets.fetch_add(n, Ordering::Relaxed);
+                }
             }
-            for m in self.out.drain(..) {
+            // Drive both peer connections until they only wait for time or input.
+            for role in [0, 1] {
+                let state = &mut self.state;
+                if let Some(peer) = self.peers[role].as_mut() {
+                    if let Some(t) = peer.poll(&mut |ev| state.media_event(role, ev))? {
+                        deadline = deadline.min(t);
+                    }
+                }
+            }
+            for m in self.state.out.drain(..) {
                 ws.send(encode(m))
                     .await
                     .map_err(|e| ParticipantError::SignalEnded(e.to_string()))?;
             }
-            if !self.ready && now > join_deadline {
+            if !self.state.ready && now > join_deadline {
                 return Err(ParticipantError::JoinTimeout(JOIN_TIMEOUT));
             }
             let deadline = tokio::time::Instant::from_std(deadline.max(now));
+            let [publisher, subscriber] = &mut self.peers;
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
-                r = readable(&self.subscriber) => { r?; self.receive(1)?; }
-                r = readable(&self.publisher) => { r?; self.receive(0)?; }
+                r = ready(subscriber) => r?,
+                r = ready(publisher) => r?,
                 msg = ws.next() => match msg {
-                    Some(Ok(WsMessage::Binary(b))) => self.signal(&b)?,
+                    Some(Ok(WsMessage::Binary(b))) => self.signal(&b).await?,
                     Some(Ok(WsMessage::Close(c))) => {
                         return Err(ParticipantError::SignalEnded(format!("closed: {c:?}")))
                     }
@@ -333,114 +313,175 @@ impl Client {
         Ok(())
     }
 
-    fn pc(&mut self, role: usize) -> Option<&mut Pc> {
-        if role == 0 {
-            self.publisher.as_mut()
-        } else {
-            self.subscriber.as_mut()
-        }
-    }
-
-    /// Reads every datagram waiting on a peer connection's socket into its `Rtc`.
-    fn receive(&mut self, role: usize) -> Result<(), ParticipantError> {
-        let mut buf = std::mem::take(&mut self.buf);
-        let result = (|| {
-            loop {
-                let Some(pc) = self.pc(role) else {
-                    return Ok(());
+    async fn signal(&mut self, bytes: &[u8]) -> Result<(), ParticipantError> {
+        let Ok(resp) = proto::SignalResponse::decode(bytes) else {
+            return Ok(());
+        };
+        let Some(msg) = resp.message else {
+            return Ok(());
+        };
+        let st = &mut self.state;
+        match msg {
+            Resp::Join(j) => {
+                st.join.signal = Some(st.started.elapsed());
+                if j.ping_interval > 0 {
+                    let every = Duration::from_secs(u64::from(j.ping_interval.unsigned_abs()))
+                        .max(Duration::from_secs(1));
+                    st.ping_every = Some(every);
+                    st.next_ping = Instant::now() + every;
+                }
+                st.note_tracks(&j.other_participants);
+                if st.spec.audio || st.spec.video {
+                    self.publish().await?;
+                } else if !st.spec.expect_media {
+                    st.mark_ready();
+                }
+            }
+            Resp::Answer(sd) => {
+                if let Some(p) = self.peers[0].as_mut() {
+                    p.accept_answer(&sd.sdp).await?;
+                }
+            }
+            Resp::Offer(sd) => {
+                if self.peers[1].is_none() {
+                    self.peers[1] = Some(Peer::subscriber(st.stack, st.local_ip).await?);
+                }
+                if let Some(p) = self.peers[1].as_mut() {
+                    let answer = p.accept_offer(&sd.sdp).await?;
+                    st.out.push(Req::Answer(proto::SessionDescription {
+                        r#type: "answer".into(),
+                        sdp: answer,
+                        id: sd.id,
+                        ..Default::default()
+                    }));
+                }
+                st.ask_quality();
+            }
+            Resp::Trickle(t) => {
+                #[derive(serde::Deserialize)]
+                struct Init {
+                    #[serde(default)]
+                    candidate: String,
+                }
+                let role = if t.target == proto::SignalTarget::Subscriber as i32 {
+                    1
+                } else {
+                    0
                 };
-                match pc.sock.try_recv_from(&mut buf) {
-                    Ok((n, source)) => {
-                        let now = Instant::now();
-                        let Ok(contents) = buf[..n].try_into() else {
-                            continue;
-                        };
-                        let input = Input::Receive(
-                            now,
-                            Receive {
-                                proto: Protocol::Udp,
-                                source,
-                                destination: pc.local,
-                                contents,
-                            },
-                        );
-                        if pc.rtc.accepts(&input) {
-                            pc.rtc
-                                .handle_input(input)
-                                .map_err(|e| ParticipantError::Rtc(e.to_string()))?;
-                        }
-                        // str0m keeps one input's output until polled: poll after each.
-                        self.drive(role)?;
+                if let Ok(init) = serde_json::from_str::<Init>(&t.candidate_init) {
+                    if let Some(p) = self.peers[role].as_mut() {
+                        p.add_remote_candidate(&init.candidate).await;
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                    Err(e) => return Err(e.into()),
                 }
             }
-        })();
-        self.buf = buf;
-        result
-    }
-
-    /// Polls one `Rtc` until it waits: sends its datagrams, handles its events. Returns when
-    /// it next wants a timeout.
-    fn drive(&mut self, role: usize) -> Result<Option<Instant>, ParticipantError> {
-        let now = Instant::now();
-        loop {
-            let Some(pc) = self.pc(role) else {
-                return Ok(None);
-            };
-            let out = pc
-                .rtc
-                .poll_output()
-                .map_err(|e| ParticipantError::Rtc(e.to_string()))?;
-            match out {
-                Output::Timeout(t) => {
-                    if t <= now {
-                        pc.rtc
-                            .handle_input(Input::Timeout(now))
-                            .map_err(|e| ParticipantError::Rtc(e.to_string()))?;
-                        continue;
-                    }
-                    return Ok(Some(t));
-                }
-                Output::Transmit(t) => {
-                    // A full send buffer drops the datagram, as a network would.
-                    let _ = pc.sock.try_send_to(&t.contents, t.destination);
-                }
-                Output::Event(ev) => self.event(role, ev, now)?,
+            Resp::Update(u) => {
+                st.note_tracks(&u.participants);
+                st.ask_quality();
             }
+            Resp::Leave(l) => return Err(ParticipantError::Left(l.reason)),
+            _ => {}
         }
+        Ok(())
     }
 
-    fn event(&mut self, role: usize, ev: Event, now: Instant) -> Result<(), ParticipantError> {
+    /// Creates the publisher peer connection, announces its tracks (`AddTrackRequest`) and
+    /// offers them.
+    async fn publish(&mut self) -> Result<(), ParticipantError> {
+        let now = Instant::now();
+        let st = &mut self.state;
+        let id = st.spec.identity.clone();
+        let mut publish = PublishSpec {
+            stream_id: format!("{id}-stream"),
+            audio: None,
+            video: None,
+        };
+        if st.spec.audio {
+            let cid = format!("{id}-mic");
+            let stream = st.tx.push(st.spec.stream_base, None, now);
+            publish.audio = Some((cid.clone(), stream));
+            st.out.push(Req::AddTrack(proto::AddTrackRequest {
+                cid,
+                name: "microphone".into(),
+                r#type: proto::TrackType::Audio as i32,
+                source: proto::TrackSource::Microphone as i32,
+                ..Default::default()
+            }));
+        }
+        if st.spec.video {
+            let cid = format!("{id}-camera");
+            let qualities = [
+                proto::VideoQuality::Low,
+                proto::VideoQuality::Medium,
+                proto::VideoQuality::High,
+            ];
+            let mut layers = Vec::new();
+            let mut streams = Vec::new();
+            for (i, (l, quality)) in VIDEO_LAYERS.iter().zip(qualities).enumerate() {
+                let stream = st
+                    .tx
+                    .push(st.spec.stream_base + 1 + i as u32, Some(*l), now);
+                streams.push((*l, stream));
+                layers.push(proto::VideoLayer {
+                    quality: quality as i32,
+                    width: l.width,
+                    height: l.height,
+                    bitrate: (synth::layer_pps(l) * l.payload_bytes as f64 * 8.0) as u32,
+                    rid: l.rid.into(),
+                    ..Default::default()
+                });
+            }
+            publish.video = Some((cid.clone(), streams));
+            let top = VIDEO_LAYERS[2];
+            st.out.push(Req::AddTrack(proto::AddTrackRequest {
+                cid,
+                name: "camera".into(),
+                r#type: proto::TrackType::Video as i32,
+                source: proto::TrackSource::Camera as i32,
+                width: top.width,
+                height: top.height,
+                layers,
+                ..Default::default()
+            }));
+        }
+        let (peer, offer) = Peer::publisher(st.stack, st.local_ip, &publish).await?;
+        st.out.push(Req::Offer(proto::SessionDescription {
+            r#type: "offer".into(),
+            sdp: offer,
+            id: 1,
+            ..Default::default()
+        }));
+        self.peers[0] = Some(peer);
+        Ok(())
+    }
+}
+
+impl State {
+    /// What a peer connection reports: `role` 0 is the publisher, 1 the subscriber.
+    fn media_event(&mut self, role: usize, ev: PeerEvent<'_>) {
         match ev {
-            Event::Connected => {
-                if let Some(pc) = self.pc(role) {
-                    pc.connected = true;
-                }
+            PeerEvent::Connected => {
+                let now = Instant::now();
                 let primary = if self.spec.subscribe { 1 } else { 0 };
                 if role == primary && self.join.connected.is_none() {
                     self.join.connected = Some(now - self.started);
                 }
-                if role == 0 && !self.spec.expect_media {
-                    self.mark_ready();
-                }
                 if role == 0 {
-                    self.start_media(now);
+                    if !self.spec.expect_media {
+                        self.mark_ready();
+                    }
+                    self.publisher_connected = true;
+                    self.tx.start(now);
                 }
             }
-            Event::IceConnectionStateChange(str0m::IceConnectionState::Disconnected) => {
-                return Err(ParticipantError::Rtc("ICE disconnected".into()));
-            }
-            Event::RtpPacket(pkt) => {
-                let Some((stream, seq, sent_ns)) = synth::read_trailer(&pkt.payload) else {
-                    return Ok(());
+            PeerEvent::Rtp { payload, at } => {
+                let Some((stream, seq, sent_ns)) = synth::read_trailer(payload) else {
+                    return;
                 };
                 if self.join.first_media.is_none() {
-                    self.join.first_media = Some(now - self.started);
+                    self.join.first_media = Some(at.saturating_duration_since(self.started));
                     self.mark_ready();
                 }
-                let at = synth::ns_since(self.shared.epoch, Instant::now());
+                let at = synth::ns_since(self.shared.epoch, at);
                 let latency = Duration::from_nanos(at.saturating_sub(sent_ns));
                 if self.shared.measuring.load(Ordering::Relaxed) {
                     let added = self.rx.record(stream, seq, latency);
@@ -449,16 +490,8 @@ impl Client {
                     count_progress(&self.shared, 0);
                 }
             }
-            Event::KeyframeRequest(req) => {
-                for s in &mut self.tx {
-                    if s.mid == req.mid && s.rid == req.rid {
-                        s.force_keyframe = true;
-                    }
-                }
-            }
-            _ => {}
+            PeerEvent::KeyframeRequest { stream } => self.tx.force_keyframe(stream),
         }
-        Ok(())
     }
 
     fn mark_ready(&mut self) {
@@ -466,90 +499,6 @@ impl Client {
             self.ready = true;
             self.shared.ready.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    fn signal(&mut self, bytes: &[u8]) -> Result<(), ParticipantError> {
-        let Ok(resp) = proto::SignalResponse::decode(bytes) else {
-            return Ok(());
-        };
-        let Some(msg) = resp.message else {
-            return Ok(());
-        };
-        match msg {
-            Resp::Join(j) => {
-                self.join.signal = Some(self.started.elapsed());
-                if j.ping_interval > 0 {
-                    let every = Duration::from_secs(u64::from(j.ping_interval as u32)).max(Duration::from_secs(1));
-                    self.ping_every = Some(every);
-                    self.next_ping = Instant::now() + every;
-                }
-                self.note_tracks(&j.other_participants);
-                if self.spec.audio || self.spec.video {
-                    self.publish()?;
-                } else if !self.spec.expect_media {
-                    self.mark_ready();
-                }
-            }
-            Resp::Answer(sd) => {
-                let answer = SdpAnswer::from_sdp_string(&sd.sdp)
-                    .map_err(|e| ParticipantError::Rtc(format!("bad answer: {e}")))?;
-                if let Some(pc) = self.publisher.as_mut() {
-                    if let Some(pending) = pc.pending.take() {
-                        pc.rtc
-                            .sdp_api()
-                            .accept_answer(pending, answer)
-                            .map_err(|e| ParticipantError::Rtc(e.to_string()))?;
-                    }
-                }
-            }
-            Resp::Offer(sd) => {
-                let offer = SdpOffer::from_sdp_string(&sd.sdp)
-                    .map_err(|e| ParticipantError::Rtc(format!("bad offer: {e}")))?;
-                if self.subscriber.is_none() {
-                    self.subscriber = Some(Pc::new(self.local_ip()?, Instant::now())?);
-                }
-                if let Some(pc) = self.subscriber.as_mut() {
-                    let answer = pc
-                        .rtc
-                        .sdp_api()
-                        .accept_offer(offer)
-                        .map_err(|e| ParticipantError::Rtc(e.to_string()))?;
-                    self.out.push(Req::Answer(proto::SessionDescription {
-                        r#type: "answer".into(),
-                        sdp: answer.to_sdp_string(),
-                        id: sd.id,
-                        ..Default::default()
-                    }));
-                }
-                self.ask_quality();
-            }
-            Resp::Trickle(t) => {
-                #[derive(serde::Deserialize)]
-                struct Init {
-                    #[serde(default)]
-                    candidate: String,
-                }
-                let role = if t.target == proto::SignalTarget::Subscriber as i32 { 1 } else { 0 };
-                if let Ok(init) = serde_json::from_str::<Init>(&t.candidate_init) {
-                    if let Ok(c) = Candidate::from_sdp_string(&init.candidate) {
-                        if let Some(pc) = self.pc(role) {
-                            pc.rtc.add_remote_candidate(c);
-                        }
-                    }
-                }
-            }
-            Resp::Update(u) => {
-                self.note_tracks(&u.participants);
-                self.ask_quality();
-            }
-            Resp::Leave(l) => return Err(ParticipantError::Left(l.reason)),
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn local_ip(&self) -> Result<IpAddr, ParticipantError> {
-        Ok(self.local_ip)
     }
 
     /// Remembers the video tracks in the room (their sids), to ask for a simulcast layer.
@@ -586,220 +535,4 @@ impl Client {
             ..Default::default()
         }));
     }
-
-    /// Creates the publisher peer connection, announces its tracks (`AddTrackRequest`) and
-    /// offers them.
-    fn publish(&mut self) -> Result<(), ParticipantError> {
-        let now = Instant::now();
-        let mut pc = Pc::new(self.local_ip, now)?;
-        let stream_id = format!("{}-stream", self.spec.identity);
-        let pt_of = |rtc: &Rtc, codec: Codec| {
-            rtc.codec_config()
-                .params()
-                .iter()
-                .find(|p| p.spec().codec == codec)
-                .map(|p| p.pt())
-        };
-        let opus = pt_of(&pc.rtc, Codec::Opus)
-            .ok_or_else(|| ParticipantError::Rtc("no Opus payload type".into()))?;
-        let vp8 = pt_of(&pc.rtc, Codec::Vp8)
-            .ok_or_else(|| ParticipantError::Rtc("no VP8 payload type".into()))?;
-        // One change set for all sections: each `sdp_api()` call starts a new one.
-        let mut api = pc.rtc.sdp_api();
-        if self.spec.audio {
-            let cid = format!("{}-mic", self.spec.identity);
-            let mid = api.add_media(
-                MediaKind::Audio,
-                Direction::SendOnly,
-                Some(stream_id.clone()),
-                Some(cid.clone()),
-                None,
-            );
-            self.tx.push(TxStream::new(mid, None, opus, self.spec.stream_base, None, now));
-            self.out.push(Req::AddTrack(proto::AddTrackRequest {
-                cid,
-                name: "microphone".into(),
-                r#type: proto::TrackType::Audio as i32,
-                source: proto::TrackSource::Microphone as i32,
-                ..Default::default()
-            }));
-        }
-        if self.spec.video {
-            let cid = format!("{}-camera", self.spec.identity);
-            let mut sim = Simulcast::new();
-            for l in &VIDEO_LAYERS {
-                sim.add_send_layer(SimulcastLayer::new(l.rid));
-            }
-            let mid = api.add_media(
-                MediaKind::Video,
-                Direction::SendOnly,
-                Some(stream_id.clone()),
-                Some(cid.clone()),
-                Some(sim),
-            );
-            let qualities = [
-                proto::VideoQuality::Low,
-                proto::VideoQuality::Medium,
-                proto::VideoQuality::High,
-            ];
-            let mut layers = Vec::new();
-            for (i, l) in VIDEO_LAYERS.iter().enumerate() {
-                self.tx.push(TxStream::new(
-                    mid,
-                    Some(Rid::from(l.rid)),
-                    vp8,
-                    self.spec.stream_base + 1 + i as u32,
-                    Some(*l),
-                    now,
-                ));
-                layers.push(proto::VideoLayer {
-                    quality: qualities[i] as i32,
-                    width: l.width,
-                    height: l.height,
-                    bitrate: (synth::layer_pps(l) * l.payload_bytes as f64 * 8.0) as u32,
-                    rid: l.rid.into(),
-                    ..Default::default()
-                });
-            }
-            let top = VIDEO_LAYERS[2];
-            self.out.push(Req::AddTrack(proto::AddTrackRequest {
-                cid,
-                name: "camera".into(),
-                r#type: proto::TrackType::Video as i32,
-                source: proto::TrackSource::Camera as i32,
-                width: top.width,
-                height: top.height,
-                layers,
-                ..Default::default()
-            }));
-        }
-        let Some((offer, pending)) = api.apply() else {
-            return Err(ParticipantError::Rtc("nothing to offer".into()));
-        };
-        pc.pending = Some(pending);
-        self.out.push(Req::Offer(proto::SessionDescription {
-            r#type: "offer".into(),
-            sdp: offer.to_sdp_string(),
-            id: 1,
-            ..Default::default()
-        }));
-        self.publisher = Some(pc);
-        Ok(())
-    }
-
-    /// Starts the clocks of every outgoing stream (first video frame is a keyframe).
-    fn start_media(&mut self, now: Instant) {
-        for s in &mut self.tx {
-            s.next_due = now;
-            s.next_keyframe = now;
-        }
-    }
-
-    /// Writes every packet that is due; returns when the next one is.
-    fn send_due(&mut self, now: Instant) -> Instant {
-        let epoch = self.shared.epoch;
-        let mut next = now + Duration::from_secs(1);
-        let mut wrote = 0u64;
-        let Some(pc) = self.publisher.as_mut() else {
-            return next;
-        };
-        for s in &mut self.tx {
-            // Catch up at most a few intervals after a stall rather than bursting.
-            let mut rounds = 0;
-            while s.next_due <= now && rounds < 4 {
-                rounds += 1;
-                wrote += s.emit(&mut pc.rtc, now, epoch);
-            }
-            if s.next_due < now {
-                s.next_due = now;
-            }
-            next = next.min(s.next_due);
-        }
-        if wrote > 0 {
-            self.shared.tx_packets.fetch_add(wrote, Ordering::Relaxed);
-            let _ = self.drive(0);
-        }
-        next
-    }
-}
-
-impl TxStream {
-    fn new(
-        mid: Mid,
-        rid: Option<Rid>,
-        pt: str0m::media::Pt,
-        id: u32,
-        shape: Option<LayerShape>,
-        now: Instant,
-    ) -> Self {
-        Self {
-            mid,
-            rid,
-            pt,
-            id,
-            shape,
-            next_due: now + Duration::from_secs(3600),
-            seq: u64::from(rand_u16()),
-            trailer_seq: 0,
-            rtp_ts: u32::from(rand_u16()) << 8,
-            frame: 0,
-            next_keyframe: now,
-            force_keyframe: false,
-        }
-    }
-
-    /// Writes one audio packet or one video frame (its packets); returns packets written.
-    fn emit(&mut self, rtc: &mut Rtc, now: Instant, epoch: Instant) -> u64 {
-        let sent_ns = synth::ns_since(epoch, now);
-        let mut api = rtc.direct_api();
-        let Some(tx) = api.stream_tx_by_mid(self.mid, self.rid) else {
-            // Not negotiated (yet): try again next interval.
-            self.next_due += synth::AUDIO_PACKET_INTERVAL;
-            return 0;
-        };
-        match self.shape {
-            None => {
-                let mut payload = vec![0u8; synth::AUDIO_PAYLOAD_BYTES];
-                synth::write_trailer(&mut payload, self.id, self.trailer_seq, sent_ns);
-                tx.write_rtp(RtpWrite::new(self.pt, self.seq.into(), self.rtp_ts, now, payload));
-                self.seq += 1;
-                self.trailer_seq += 1;
-                self.rtp_ts = self.rtp_ts.wrapping_add(960);
-                self.next_due += synth::AUDIO_PACKET_INTERVAL;
-                1
-            }
-            Some(shape) => {
-                let n = shape.packets_per_frame[(self.frame % shape.packets_per_frame.len() as u64) as usize];
-                let key = self.force_keyframe || now >= self.next_keyframe;
-                for i in 0..n {
-                    let mut payload = vec![0u8; shape.payload_bytes];
-                    synth::write_vp8_head(&mut payload, i == 0, key, shape.width, shape.height);
-                    synth::write_trailer(&mut payload, self.id, self.trailer_seq, sent_ns);
-                    tx.write_rtp(
-                        RtpWrite::new(self.pt, self.seq.into(), self.rtp_ts, now, payload)
-                            .marker(i + 1 == n)
-                            .nackable(true),
-                    );
-                    self.seq += 1;
-                    self.trailer_seq += 1;
-                }
-                if key {
-                    self.force_keyframe = false;
-                    self.next_keyframe = now + synth::KEYFRAME_INTERVAL;
-                }
-                self.frame += 1;
-                self.rtp_ts = self.rtp_ts.wrapping_add(90_000 / shape.fps);
-                self.next_due += Duration::from_secs(1) / shape.fps;
-                u64::from(n)
-            }
-        }
-    }
-}
-
-fn rand_u16() -> u16 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    (t ^ (t >> 16)) as u16
 }
