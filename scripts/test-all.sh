@@ -83,7 +83,7 @@ if [ "$E2E_ONLY" -eq 0 ]; then
   stage clippy 1200 cargo clippy --workspace --all-targets --locked -- -D warnings
   stage cargo-test 1200 cargo test --workspace --locked
 fi
-stage build-release 1200 cargo build --release --locked
+stage build-release 1200 cargo build --release --locked -p switchboard -p switchboard-loadtest
 
 # --- 6. end-to-end ----------------------------------------------------------------------
 if [ "$NO_E2E" -eq 0 ]; then

@@ -24,6 +24,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start-up: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Cmd {
     /// The physical floor: a plain UDP relay doing one AES-256-GCM decrypt per packet in and
     /// one encrypt + sendto per packet out, fanning out over loopback. Prints the relay's CPU
@@ -103,6 +105,10 @@ enum Cmd {
         /// received packet: one core saturates near 75k packets/s).
         #[arg(long, value_enum, default_value = "str0m")]
         stack: run::peer::Stack,
+        /// Address the simulated participants' media sockets bind to (default: the one that
+        /// routes to the --url host).
+        #[arg(long)]
+        local_ip: Option<std::net::IpAddr>,
         /// Write the JSON report here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -148,6 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cpu,
             no_floor,
             stack,
+            local_ip,
             json,
             plot,
         } => {
@@ -162,8 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("--subscribers and --participants need at least one number");
             }
             if let Some(core) = cpu {
-                cpu::pin_current_thread(core)
-                    .map_err(|e| anyhow::anyhow!("--cpu {core}: {e}"))?;
+                cpu::pin_current_thread(core).map_err(|e| anyhow::anyhow!("--cpu {core}: {e}"))?;
             }
             let params = run::RunParams {
                 url,
@@ -181,6 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 server_cpu,
                 no_floor,
                 stack,
+                local_ip,
             };
             let points = run::run(&params)?;
             println!("{}", run::report::table(&points));

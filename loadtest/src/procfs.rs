@@ -59,7 +59,9 @@ pub fn cpu_time(pid: u32) -> Result<Duration, ProcError> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as u64 } else { 100 };
-    Ok(Duration::from_nanos(total.saturating_mul(1_000_000_000 / hz)))
+    Ok(Duration::from_nanos(
+        total.saturating_mul(1_000_000_000 / hz),
+    ))
 }
 
 /// Resident set size in bytes (`VmRSS` of `/proc/<pid>/status`).
@@ -85,7 +87,11 @@ pub fn pin_process(pid: u32, core: usize) -> Result<(), ProcError> {
     let dir = std::fs::read_dir(format!("/proc/{pid}/task"))
         .map_err(|source| ProcError::Read { pid, source })?;
     for entry in dir.flatten() {
-        let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET only writes inside it.

@@ -85,6 +85,8 @@ pub struct RunParams {
     pub no_floor: bool,
     /// The participants' WebRTC implementation.
     pub stack: peer::Stack,
+    /// Bind the participants' media sockets here (default: the address routing to the server).
+    pub local_ip: Option<IpAddr>,
 }
 
 /// One group of joiners inside a point.
@@ -130,10 +132,15 @@ pub fn run(p: &RunParams) -> anyhow::Result<Vec<PointReport>> {
 async fn run_async(p: &RunParams) -> anyhow::Result<Vec<PointReport>> {
     match p.url.scheme() {
         "ws" => {}
-        "wss" => anyhow::bail!("--url: wss:// is not supported; point it at the plain ws:// listener"),
+        "wss" => {
+            anyhow::bail!("--url: wss:// is not supported; point it at the plain ws:// listener")
+        }
         other => anyhow::bail!("--url: scheme {other}:// is not ws://"),
     }
-    let local_ip = local_ip_towards(&p.url)?;
+    let local_ip = match p.local_ip {
+        Some(ip) => ip,
+        None => local_ip_towards(&p.url)?,
+    };
     let target = Arc::new(Target {
         url: p.url.clone(),
         api_key: p.api_key.clone(),
@@ -183,7 +190,11 @@ fn local_ip_towards(url: &url::Url) -> anyhow::Result<IpAddr> {
         .map_err(|e| anyhow::anyhow!("--url: cannot resolve {host}: {e}"))?
         .next()
         .ok_or_else(|| anyhow::anyhow!("--url: {host} has no address"))?;
-    let probe = UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    let probe = UdpSocket::bind(if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })?;
     probe.connect(addr)?;
     Ok(probe.local_addr()?.ip())
 }
@@ -229,7 +240,9 @@ async fn preflight(target: &Target) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("{shown}: no JoinResponse within 10 s"))?;
     let joined = match first {
         Some(Ok(WsMessage::Binary(b))) => matches!(
-            proto::SignalResponse::decode(&b[..]).ok().and_then(|r| r.message),
+            proto::SignalResponse::decode(&b[..])
+                .ok()
+                .and_then(|r| r.message),
             Some(proto::signal_response::Message::Join(_))
         ),
         _ => false,
@@ -243,7 +256,9 @@ async fn preflight(target: &Target) -> anyhow::Result<()> {
             ..Default::default()
         })),
     };
-    let _ = ws.send(WsMessage::Binary(leave.encode_to_vec().into())).await;
+    let _ = ws
+        .send(WsMessage::Binary(leave.encode_to_vec().into()))
+        .await;
     let _ = ws.close(None).await;
     Ok(())
 }
@@ -451,7 +466,13 @@ struct Running {
 }
 
 /// Prints the live progress line (stderr) until `done` flips.
-fn progress_line(label: &str, phase: &str, shared: &Shared, joined: usize, last: &mut (Instant, u64, u64)) {
+fn progress_line(
+    label: &str,
+    phase: &str,
+    shared: &Shared,
+    joined: usize,
+    last: &mut (Instant, u64, u64),
+) {
     let now = Instant::now();
     let rx = shared.rx_packets.load(Ordering::Relaxed);
     let exp = shared.rx_expected.load(Ordering::Relaxed);
@@ -607,7 +628,13 @@ async fn run_point(
             }
         }
     }
-    for v in [&mut joins, &mut storm, &mut split.0, &mut split.1, &mut split.2] {
+    for v in [
+        &mut joins,
+        &mut storm,
+        &mut split.0,
+        &mut split.1,
+        &mut split.2,
+    ] {
         v.sort();
     }
     let pct = |v: &[Duration]| Percentiles {
@@ -627,7 +654,9 @@ async fn run_point(
             let media_n = participants.saturating_sub(idle_n).max(1);
             Some(b.saturating_sub(a).saturating_sub(idle_bytes) as f64 / f64::from(media_n))
         }
-        (Some(a), Some(b), None) => Some(b.saturating_sub(a) as f64 / f64::from(participants.max(1))),
+        (Some(a), Some(b), None) => {
+            Some(b.saturating_sub(a) as f64 / f64::from(participants.max(1)))
+        }
         _ => None,
     };
     let q = |h: &hdrhistogram::Histogram<u64>, q: f64| {
@@ -708,7 +737,10 @@ async fn collect(running: Vec<Running>) -> Vec<(&'static str, bool, ParticipantR
                     r.group,
                     r.counts_for_join,
                     ParticipantReport {
-                        error: Some(ParticipantError::SignalEnded("did not leave in time".into()).to_string()),
+                        error: Some(
+                            ParticipantError::SignalEnded("did not leave in time".into())
+                                .to_string(),
+                        ),
                         ..Default::default()
                     },
                 ));

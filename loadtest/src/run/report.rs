@@ -129,9 +129,7 @@ pub fn table(points: &[PointReport]) -> String {
          |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for p in points {
-        let rss = p
-            .server_rss_bytes_per_participant
-            .map(|b| b / 1024.0);
+        let rss = p.server_rss_bytes_per_participant.map(|b| b / 1024.0);
         s.push_str(&format!(
             "| {} | {:.0} | {:.3} | {} / {} / {} | {} / {} | {} | {} | {} | {} | {} | {} |\n",
             p.label,
@@ -179,7 +177,10 @@ pub fn json(points: &[PointReport]) -> serde_json::Value {
             "points".into(),
             serde_json::to_value(points).unwrap_or_default(),
         );
-        let best = points.iter().filter(|p| p.holds()).max_by_key(|p| p.subscribers);
+        let best = points
+            .iter()
+            .filter(|p| p.holds())
+            .max_by_key(|p| p.subscribers);
         obj.insert(
             "largest_holding_point".into(),
             best.map_or(serde_json::Value::Null, |p| p.label.clone().into()),
@@ -195,6 +196,9 @@ pub struct PlotError {
     path: String,
     reason: String,
 }
+
+/// One plot panel: its title and its lines (label, colour, (x, y) points).
+type Panel<'a> = (&'a str, Vec<(&'a str, RGBColor, Vec<(f64, f64)>)>);
 
 /// Draws cost per forwarded packet (server and floor), loss and latency (p50, p99) against
 /// forwarded packets/s, one panel each, as SVG.
@@ -218,7 +222,7 @@ pub fn plot(points: &[PointReport], path: &Path) -> Result<(), PlotError> {
         .first()
         .map(|p| format!("{:?}", p.scenario))
         .unwrap_or_default();
-    let series: [(&str, Vec<(&str, RGBColor, Vec<(f64, f64)>)>); 3] = [
+    let series: [Panel<'_>; 3] = [
         (
             "CPU µs per forwarded packet",
             vec![
@@ -265,7 +269,11 @@ pub fn plot(points: &[PointReport], path: &Path) -> Result<(), PlotError> {
                     BLUE,
                     points
                         .iter()
-                        .filter_map(|p| p.latency_ms.p50.map(|v| (p.forwarded_packets_per_second, v)))
+                        .filter_map(|p| {
+                            p.latency_ms
+                                .p50
+                                .map(|v| (p.forwarded_packets_per_second, v))
+                        })
                         .collect(),
                 ),
                 (
@@ -273,7 +281,11 @@ pub fn plot(points: &[PointReport], path: &Path) -> Result<(), PlotError> {
                     RED,
                     points
                         .iter()
-                        .filter_map(|p| p.latency_ms.p99.map(|v| (p.forwarded_packets_per_second, v)))
+                        .filter_map(|p| {
+                            p.latency_ms
+                                .p99
+                                .map(|v| (p.forwarded_packets_per_second, v))
+                        })
                         .collect(),
                 ),
             ],
@@ -306,7 +318,10 @@ pub fn plot(points: &[PointReport], path: &Path) -> Result<(), PlotError> {
                 .label(*label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
             chart
-                .draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 3, color.filled())))
+                .draw_series(
+                    pts.iter()
+                        .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
+                )
                 .map_err(|e| err(&e))?;
         }
         chart

@@ -83,7 +83,9 @@ impl RxStats {
     /// this adds to the expected count (1 + the gap before it; 0 for a late or duplicate one).
     pub fn record(&mut self, stream: u32, seq: u32, latency: Duration) -> u64 {
         self.packets += 1;
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
+        let us = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let _ = self.latency_us.record(us.min(60_000_000));
         let added = match self.spans.get_mut(&stream) {
             None => {

@@ -278,6 +278,9 @@ impl Engine {
                     self.datagram(m.addr, destination, chunk);
                 }
             }
+            // Send what this batch fanned out before reading more: bounds the packets queued
+            // in subscriber sessions (and their delay) to one batch's worth.
+            self.drain_dirty();
         }
         self.bufs = bufs;
     }

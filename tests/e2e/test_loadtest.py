@@ -1,0 +1,94 @@
+"""Smoke run of the load generator (`switchboard-loadtest`, docs/benchmarks.md) against the
+server: a small B1 voice call (with each of the tool's WebRTC stacks, str0m and the webrtc
+crate) and a small B5 join run, inside the test's network namespace.
+
+At this low load nothing may be lost (loss <= 1 %) and every simulated participant must join;
+the figures themselves (CPU per packet, latency, join times) are benchmark output, not
+asserted. Also: bad input to the tool ends with one clear line and a non-zero exit.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import harness
+
+URL = harness.WS_URL
+LOCAL_IP = harness.PEER_IP  # the simulated clients' host address (the veth peer)
+RUN_TIMEOUT_S = 120  # generous bound on one run of the tool
+
+
+def loadtest_bin() -> Path:
+    return Path(os.environ.get("SB_E2E_LOADTEST_BIN", harness.REPO / "target" / "release" / "switchboard-loadtest"))
+
+
+def run_tool(netns, *args: str, timeout: float = RUN_TIMEOUT_S):
+    binary = loadtest_bin()
+    assert binary.exists(), f"{binary} missing: cargo build --release -p switchboard-loadtest"
+    return netns.run([str(binary), *args], timeout=timeout)
+
+
+def run_scenario(netns, server, workdir: Path, name: str, *args: str, floor: bool = False) -> dict:
+    out = workdir / f"{name}.json"
+    plot = workdir / f"{name}.svg"
+    r = run_tool(
+        netns, "run", "--url", URL, "--api-key", harness.API_KEY, "--api-secret", harness.API_SECRET,
+        "--local-ip", LOCAL_IP, "--server-pid", str(server.pid), *([] if floor else ["--no-floor"]),
+        "--json", str(out), "--plot", str(plot), *args,
+    )
+    assert r.returncode == 0, f"loadtest {name} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+    assert plot.exists() and plot.read_text().lstrip().startswith("<svg"), "no SVG plot written"
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("stack", ["str0m", "webrtc"])
+def test_small_voice_call_loses_nothing(server, netns, workdir, stack):
+    rep = run_scenario(netns, server, workdir, f"b1-{stack}", "--scenario", "B1", "--publishers", "3",
+                       "--subscribers", "6", "--warmup", "1", "--duration", "4", "--stack", stack,
+                       floor=True)
+    assert rep["scenario"] == "B1"
+    assert rep["failed"] == 0, rep["failures"]
+    assert rep["participants"] == 9
+    # 3 Opus streams to each of 6 subscribers: every packet the sequence numbers announce arrives
+    assert rep["received_packets"] > 0 and rep["expected_packets"] > 0
+    assert rep["loss_ratio"] <= 0.01, rep
+    for key in ("forwarded_packets_per_second", "server_cpu_us_per_forwarded_packet",
+                "floor_us_per_forwarded_packet", "r_floor", "server_rss_bytes_per_participant"):
+        assert isinstance(rep[key], (int, float)) and rep[key] > 0, (key, rep[key])
+    assert rep["latency_ms"]["p50"] is not None and rep["latency_ms"]["p99"] is not None
+    assert rep["join_ms"]["p50"] is not None and rep["join_ms"]["p95"] is not None
+    assert [p["label"] for p in rep["points"]] == [rep["label"]]
+
+
+def test_small_join_run_joins_everyone(server, netns, workdir):
+    rep = run_scenario(netns, server, workdir, "b5", "--scenario", "B5", "--participants", "5",
+                       "--storm", "5", "--warmup", "1", "--duration", "2")
+    # 1 publisher, 5 sequential joiners, 5 in the storm, 5 idle
+    assert rep["participants"] == 16
+    assert rep["failed"] == 0, rep["failures"]
+    assert rep["loss_ratio"] <= 0.01, rep
+    assert rep["join_ms"]["p50"] is not None and rep["storm_join_ms"]["p95"] is not None
+    assert rep["join_first_media_ms"]["p50"] is not None
+    assert rep["server_rss_bytes_per_idle_participant"] is not None
+    # everyone left: the server is back to an empty state
+    server.wait_metrics({"switchboard_participants": 0}, timeout=15)
+
+
+def test_bad_input_ends_with_one_clear_line(server, netns):
+    r = run_tool(netns, "run", "--url", URL, "--api-key", harness.API_KEY, "--api-secret", "wrong",
+                 "--scenario", "B1", "--duration", "1", timeout=30)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "api-secret" in lines[0], r.stderr
+
+    r = run_tool(netns, "run", "--url", "ws://127.0.0.1:1", "--api-key", "k", "--api-secret", "s",
+                 "--scenario", "B1", timeout=30)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "cannot join" in lines[0], r.stderr
+
+    r = run_tool(netns, "run", "--api-key", "k", "--api-secret", "s", "--scenario", "B9", timeout=30)
+    assert r.returncode != 0 and "B9" in r.stderr
