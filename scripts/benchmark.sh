@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The benchmark run behind docs/benchmarks.md: starts a release server with --dev pinned to
+# one core, runs the loadtest scenarios against it with the tool pinned to the other, and
+# writes each scenario's table (.md), JSON and SVG plot to target/bench/.
+#
+# Usage: scripts/benchmark.sh [SCENARIO...]     (default: B1 B4 B2 B3 B5; takes ~15 min)
+# Environment:
+#   SB_BENCH_OUT     output directory (default target/bench)
+#   SB_SERVER_CPU    core for the server (default 1); SB_TOOL_CPU core for the tool (default 0)
+#   SB_B1_SWEEP      B1 subscribers (default 25,50,100,150,200)
+#   SB_B4_CAPACITY   the B1 capacity B4 runs 10/50/80 % of (default 150)
+#   SB_DURATION      measurement window per point, s (default 15); SB_WARMUP (default 5)
+# Ports 7880 (TCP) and 7882 (UDP) must be free. Needs no root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${SB_BENCH_OUT:-target/bench}
+SCPU=${SB_SERVER_CPU:-1}
+TCPU=${SB_TOOL_CPU:-0}
+DUR=${SB_DURATION:-15}
+WARM=${SB_WARMUP:-5}
+SCENARIOS=("$@")
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(B1 B4 B2 B3 B5)
+mkdir -p "$OUT"
+
+cargo build --release --locked -p switchboard -p switchboard-loadtest
+
+taskset -c "$SCPU" target/release/switchboard --dev > "$OUT/server.log" 2>&1 &
+SERVER=$!
+trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true' EXIT
+for _ in $(seq 50); do
+  curl -fsS http://127.0.0.1:7880/ > /dev/null 2>&1 && break
+  sleep 0.2
+done
+
+run() {
+  local name=$1; shift
+  echo "=== $name: $*" >&2
+  timeout 1800 target/release/switchboard-loadtest run --api-key devkey --api-secret secret \
+    --server-pid "$SERVER" --server-cpu "$SCPU" --cpu "$TCPU" \
+    --duration "$DUR" --warmup "$WARM" \
+    --json "$OUT/$name.json" --plot "$OUT/$name.svg" "$@" | tee "$OUT/$name.md"
+}
+
+for s in "${SCENARIOS[@]}"; do
+  case "$s" in
+    B1) run b1 --scenario B1 --publishers 10 --subscribers "${SB_B1_SWEEP:-25,50,100,150,200}" ;;
+    B4) run b4 --scenario B4 --publishers 10 --subscribers "${SB_B4_CAPACITY:-150}" ;;
+    B2) run b2 --scenario B2 --participants 4,8,12,16 ;;
+    B3) run b3 --scenario B3 --subscribers 25,50,100,200 ;;
+    B5) run b5 --scenario B5 --participants 50 --storm 50 ;;
+    *) echo "unknown scenario $s" >&2; exit 2 ;;
+  esac
+done
+echo "tables, JSON and plots in $OUT/" >&2
