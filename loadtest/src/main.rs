@@ -119,6 +119,13 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Logs of the WebRTC stacks, off unless asked for (SB_LOADTEST_LOG=str0m=debug, …).
+    if let Ok(filter) = std::env::var("SB_LOADTEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

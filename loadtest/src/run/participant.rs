@@ -333,7 +333,7 @@ impl Client {
                 st.note_tracks(&j.other_participants);
                 if st.spec.audio || st.spec.video {
                     self.publish().await?;
-                } else if !st.spec.expect_media {
+                } else if !st.spec.expect_media && !st.spec.subscribe {
                     st.mark_ready();
                 }
             }
@@ -464,6 +464,10 @@ impl State {
                 let primary = if self.spec.subscribe { 1 } else { 0 };
                 if role == primary && self.join.connected.is_none() {
                     self.join.connected = Some(now - self.started);
+                }
+                // An idle subscriber (nothing to receive) is ready once its connection is up.
+                if role == 1 && !self.spec.expect_media {
+                    self.mark_ready();
                 }
                 if role == 0 {
                     if !self.spec.expect_media {

@@ -132,7 +132,16 @@ impl Str0mPeer {
                 .accept_answer(pending, answer)
                 .map_err(|e| ParticipantError::Rtc(e.to_string()))?;
         }
-        Ok(())
+        self.kick()
+    }
+
+    /// Runs the timers once now: str0m's ICE agent reports no timeout until its first
+    /// `handle_timeout`, so a connection with no media scheduled (a data-channel-only
+    /// subscriber in an empty room) would otherwise never start its checks.
+    fn kick(&mut self) -> Result<(), ParticipantError> {
+        self.rtc
+            .handle_input(Input::Timeout(Instant::now()))
+            .map_err(|e| ParticipantError::Rtc(e.to_string()))
     }
 
     /// Applies an offer; returns the answer SDP.
@@ -144,6 +153,7 @@ impl Str0mPeer {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| ParticipantError::Rtc(e.to_string()))?;
+        self.kick()?;
         Ok(answer.to_sdp_string())
     }
 
