@@ -97,6 +97,10 @@ fn flag(query: &HashMap<String, String>, name: &str, default: bool) -> bool {
     }
 }
 
+/// Bytes of a signalling WebSocket's read buffer (tungstenite's default is 128 KiB, resident
+/// for every connected participant).
+const SIGNAL_READ_BUFFER_BYTES: usize = 16 * 1024;
+
 /// `GET /rtc`: WebSocket upgrade after the token check.
 pub async fn rtc(
     State(state): State<Arc<AppState>>,
@@ -140,7 +144,10 @@ fn upgrade(
     opts: session::ConnectOptions,
 ) -> Response {
     let max = state.settings.rtc.max_signal_message_bytes;
-    ws.max_message_size(max)
+    // The read buffer is resident per connection (tungstenite zero-fills it); signalling
+    // messages are mostly < 4 KiB and larger ones are assembled from several reads.
+    ws.read_buffer_size(SIGNAL_READ_BUFFER_BYTES)
+        .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| session::run(state, socket, grant, opts))
 }
