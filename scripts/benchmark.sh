@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The benchmark run behind docs/benchmarks.md: starts a release server with --dev pinned to
-# one core, runs the loadtest scenarios against it with the tool pinned to the other, and
-# writes each scenario's table (.md), JSON and SVG plot to target/bench/.
+# The benchmark run behind docs/benchmarks.md: for each scenario, starts a fresh release
+# server with --dev pinned to one core, runs the loadtest scenario against it with the tool
+# pinned to the other, and writes the table (.md), JSON and SVG plot to target/bench/.
 #
 # Usage: scripts/benchmark.sh [SCENARIO...]     (default: B1 B4 B2 B3 B5; takes ~15 min)
 # Environment:
@@ -25,21 +25,28 @@ mkdir -p "$OUT"
 
 cargo build --release --locked -p switchboard -p switchboard-loadtest
 
-taskset -c "$SCPU" target/release/switchboard --dev > "$OUT/server.log" 2>&1 &
-SERVER=$!
-trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true' EXIT
-for _ in $(seq 50); do
-  curl -fsS http://127.0.0.1:7880/ > /dev/null 2>&1 && break
-  sleep 0.2
-done
+SERVER=
+stop_server() {
+  if [ -n "$SERVER" ]; then kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; fi
+  SERVER=
+}
+trap stop_server EXIT
 
+# run NAME ARGS...: one scenario against a fresh server (so its memory figures start clean)
 run() {
   local name=$1; shift
   echo "=== $name: $*" >&2
+  taskset -c "$SCPU" target/release/switchboard --dev > "$OUT/server-$name.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 50); do
+    curl -fsS http://127.0.0.1:7880/ > /dev/null 2>&1 && break
+    sleep 0.2
+  done
   timeout 1800 target/release/switchboard-loadtest run --api-key devkey --api-secret secret \
     --server-pid "$SERVER" --server-cpu "$SCPU" --cpu "$TCPU" \
     --duration "$DUR" --warmup "$WARM" \
     --json "$OUT/$name.json" --plot "$OUT/$name.svg" "$@" | tee "$OUT/$name.md"
+  stop_server
 }
 
 for s in "${SCENARIOS[@]}"; do

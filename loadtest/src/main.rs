@@ -109,6 +109,10 @@ enum Cmd {
         /// routes to the --url host).
         #[arg(long)]
         local_ip: Option<std::net::IpAddr>,
+        /// Signal on `/rtc/v1` with one peer connection per participant (livekit-client's
+        /// default) instead of `/rtc` with two; str0m stack only.
+        #[arg(long)]
+        single_pc: bool,
         /// Write the JSON report here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -162,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_floor,
             stack,
             local_ip,
+            single_pc,
             json,
             plot,
         } => {
@@ -195,6 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 no_floor,
                 stack,
                 local_ip,
+                single_pc,
             };
             let points = run::run(&params)?;
             println!("{}", run::report::table(&points));

@@ -63,6 +63,15 @@ def test_small_voice_call_loses_nothing(server, netns, workdir, stack):
     assert [p["label"] for p in rep["points"]] == [rep["label"]]
 
 
+def test_single_peer_connection_path(server, netns, workdir):
+    """/rtc/v1: one connection per participant; receive sections on the server's request."""
+    rep = run_scenario(netns, server, workdir, "b3-v1", "--scenario", "B3", "--subscribers", "4",
+                       "--warmup", "1", "--duration", "3", "--single-pc")
+    assert rep["failed"] == 0, rep["failures"]
+    assert rep["participants"] == 5
+    assert rep["received_packets"] > 0 and rep["loss_ratio"] <= 0.01, rep
+
+
 def test_small_join_run_joins_everyone(server, netns, workdir):
     rep = run_scenario(netns, server, workdir, "b5", "--scenario", "B5", "--participants", "5",
                        "--storm", "5", "--warmup", "1", "--duration", "2")

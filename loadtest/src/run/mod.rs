@@ -87,6 +87,8 @@ pub struct RunParams {
     pub stack: peer::Stack,
     /// Bind the participants' media sockets here (default: the address routing to the server).
     pub local_ip: Option<IpAddr>,
+    /// Signal on `/rtc/v1` with one peer connection (else `/rtc` with two).
+    pub single_pc: bool,
 }
 
 /// One group of joiners inside a point.
@@ -137,6 +139,9 @@ async fn run_async(p: &RunParams) -> anyhow::Result<Vec<PointReport>> {
         }
         other => anyhow::bail!("--url: scheme {other}:// is not ws://"),
     }
+    if p.single_pc && p.stack == peer::Stack::Webrtc {
+        anyhow::bail!("--single-pc (/rtc/v1) is built for --stack str0m only");
+    }
     let local_ip = match p.local_ip {
         Some(ip) => ip,
         None => local_ip_towards(&p.url)?,
@@ -147,6 +152,7 @@ async fn run_async(p: &RunParams) -> anyhow::Result<Vec<PointReport>> {
         api_secret: p.api_secret.clone(),
         local_ip,
         stack: p.stack,
+        single_pc: p.single_pc,
     });
     preflight(&target).await?;
     if let (Some(pid), Some(core)) = (p.server_pid, p.server_cpu) {

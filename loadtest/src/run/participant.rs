@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use livekit_api::access_token::{AccessToken, VideoGrants};
 use livekit_protocol as proto;
@@ -67,6 +68,8 @@ pub struct Target {
     pub local_ip: IpAddr,
     /// The WebRTC implementation the participants use.
     pub stack: Stack,
+    /// Signal on `/rtc/v1` with one peer connection (else `/rtc` with two).
+    pub single_pc: bool,
 }
 
 /// Errors that end a participant.
@@ -136,6 +139,12 @@ struct State {
     shared: Arc<Shared>,
     stack: Stack,
     local_ip: IpAddr,
+    /// `/rtc/v1`: one peer connection (slot 0) that sends and receives; we always offer.
+    single_pc: bool,
+    /// Id of our next offer (`SessionDescription.id`).
+    next_offer_id: u32,
+    /// `/rtc/v1`: receive sections the server asked for while an offer was outstanding.
+    sections_wanted: Option<(u32, u32)>,
     tx: Schedule,
     publisher_connected: bool,
     rx: RxStats,
@@ -166,6 +175,9 @@ pub async fn run(
             shared: shared.clone(),
             stack: target.stack,
             local_ip: target.local_ip,
+            single_pc: target.single_pc,
+            next_offer_id: 1,
+            sections_wanted: None,
             tx: Schedule::default(),
             publisher_connected: false,
             rx: RxStats::new(),
@@ -214,17 +226,7 @@ impl Client {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), ParticipantError> {
         let token = mint_token(target, &self.state.spec)?;
-        let mut url = target.url.clone();
-        url.set_path("/rtc");
-        url.query_pairs_mut()
-            .append_pair("access_token", &token)
-            .append_pair(
-                "auto_subscribe",
-                if self.state.spec.subscribe { "1" } else { "0" },
-            )
-            .append_pair("protocol", "16")
-            .append_pair("sdk", "rust")
-            .append_pair("version", env!("CARGO_PKG_VERSION"));
+        let url = signal_url(target, &token, self.state.spec.subscribe);
         self.state.started = Instant::now();
         // A small read buffer: tungstenite zeroes it on every read attempt, and the loop
         // polls the WebSocket after every burst of media (128 KiB by default).
@@ -331,7 +333,8 @@ impl Client {
                     st.next_ping = Instant::now() + every;
                 }
                 st.note_tracks(&j.other_participants);
-                if st.spec.audio || st.spec.video {
+                if st.spec.audio || st.spec.video || st.single_pc {
+                    // On `/rtc/v1` the one connection is always ours to offer, tracks or not.
                     self.publish().await?;
                 } else if !st.spec.expect_media && !st.spec.subscribe {
                     st.mark_ready();
@@ -340,6 +343,17 @@ impl Client {
             Resp::Answer(sd) => {
                 if let Some(p) = self.peers[0].as_mut() {
                     p.accept_answer(&sd.sdp).await?;
+                }
+                if let Some((audio, video)) = st.sections_wanted.take() {
+                    self.offer_sections(audio, video).await?;
+                }
+            }
+            Resp::MediaSectionsRequirement(r) => {
+                if self.peers[0].as_ref().is_some_and(Peer::offer_pending) {
+                    let (a, v) = st.sections_wanted.unwrap_or((0, 0));
+                    st.sections_wanted = Some((a + r.num_audios, v + r.num_videos));
+                } else {
+                    self.offer_sections(r.num_audios, r.num_videos).await?;
                 }
             }
             Resp::Offer(sd) => {
@@ -444,24 +458,84 @@ impl Client {
             }));
         }
         let (peer, offer) = Peer::publisher(st.stack, st.local_ip, &publish).await?;
-        st.out.push(Req::Offer(proto::SessionDescription {
-            r#type: "offer".into(),
-            sdp: offer,
-            id: 1,
-            ..Default::default()
-        }));
+        st.offer(offer);
         self.peers[0] = Some(peer);
+        Ok(())
+    }
+
+    /// `/rtc/v1`: adds the receive sections the server asked for and offers them.
+    async fn offer_sections(&mut self, audio: u32, video: u32) -> Result<(), ParticipantError> {
+        let Some(peer) = self.peers[0].as_mut() else {
+            return Ok(());
+        };
+        if let Some(sdp) = peer.add_recv_sections(audio, video)? {
+            self.state.offer(sdp);
+        }
         Ok(())
     }
 }
 
+/// The signalling URL: `/rtc` with query parameters, or `/rtc/v1` with a `join_request`
+/// (base64url `WrappedJoinRequest`, uncompressed), as livekit-client builds them.
+fn signal_url(target: &Target, token: &str, subscribe: bool) -> url::Url {
+    let mut url = target.url.clone();
+    if target.single_pc {
+        let join = proto::JoinRequest {
+            client_info: Some(proto::ClientInfo {
+                sdk: proto::client_info::Sdk::Rust as i32,
+                version: env!("CARGO_PKG_VERSION").into(),
+                protocol: 16,
+                ..Default::default()
+            }),
+            connection_settings: Some(proto::ConnectionSettings {
+                auto_subscribe: subscribe,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let wrapped = proto::WrappedJoinRequest {
+            compression: proto::wrapped_join_request::Compression::None as i32,
+            join_request: join.encode_to_vec(),
+        };
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(wrapped.encode_to_vec());
+        url.set_path("/rtc/v1");
+        url.query_pairs_mut()
+            .append_pair("access_token", token)
+            .append_pair("join_request", &b64);
+    } else {
+        url.set_path("/rtc");
+        url.query_pairs_mut()
+            .append_pair("access_token", token)
+            .append_pair("auto_subscribe", if subscribe { "1" } else { "0" })
+            .append_pair("protocol", "16")
+            .append_pair("sdk", "rust")
+            .append_pair("version", env!("CARGO_PKG_VERSION"));
+    }
+    url
+}
+
 impl State {
+    /// Queues our offer (`SignalRequest.offer`) with the next id.
+    fn offer(&mut self, sdp: String) {
+        self.out.push(Req::Offer(proto::SessionDescription {
+            r#type: "offer".into(),
+            sdp,
+            id: self.next_offer_id,
+            ..Default::default()
+        }));
+        self.next_offer_id += 1;
+    }
+
     /// What a peer connection reports: `role` 0 is the publisher, 1 the subscriber.
     fn media_event(&mut self, role: usize, ev: PeerEvent<'_>) {
         match ev {
             PeerEvent::Connected => {
                 let now = Instant::now();
-                let primary = if self.spec.subscribe { 1 } else { 0 };
+                let primary = if self.spec.subscribe && !self.single_pc {
+                    1
+                } else {
+                    0
+                };
                 if role == primary && self.join.connected.is_none() {
                     self.join.connected = Some(now - self.started);
                 }

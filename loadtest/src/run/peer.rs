@@ -121,6 +121,33 @@ impl Peer {
         }
     }
 
+    /// True while an offer of ours waits for its answer.
+    pub fn offer_pending(&self) -> bool {
+        match self {
+            Self::Str0m(p) => p.offer_pending(),
+            Self::Webrtc(_) => false,
+        }
+    }
+
+    /// `/rtc/v1`: adds `audio` + `video` receive-only sections (LiveKit
+    /// `MediaSectionsRequirement`) and returns the offer that carries them (`None` when there
+    /// is nothing to add).
+    ///
+    /// # Errors
+    /// [`ParticipantError::Rtc`] for the webrtc stack (not built for `/rtc/v1` here).
+    pub fn add_recv_sections(
+        &mut self,
+        audio: u32,
+        video: u32,
+    ) -> Result<Option<String>, ParticipantError> {
+        match self {
+            Self::Str0m(p) => Ok(p.add_recv_sections(audio, video)),
+            Self::Webrtc(_) => Err(ParticipantError::Rtc(
+                "/rtc/v1 (--single-pc) is built for --stack str0m only".into(),
+            )),
+        }
+    }
+
     /// Adds a trickled remote candidate (`candidate:…` line); a malformed one is ignored.
     pub async fn add_remote_candidate(&mut self, candidate: &str) {
         match self {

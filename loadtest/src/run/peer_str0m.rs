@@ -85,12 +85,34 @@ impl Str0mPeer {
                 route(*stream, (mid, Some(Rid::from(shape.rid)), vp8));
             }
         }
+        // LiveKit clients open their data channels on this connection; it also gives a
+        // `/rtc/v1` participant with nothing to publish something to offer.
+        api.add_channel("_reliable".into());
         let Some((offer, pending)) = api.apply() else {
             return Err(ParticipantError::Rtc("nothing to offer".into()));
         };
         peer.pending = Some(pending);
         peer.routes = routes;
         Ok((peer, offer.to_sdp_string()))
+    }
+
+    /// True while an offer of ours waits for its answer.
+    pub fn offer_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Adds receive-only sections and returns the offer carrying them.
+    pub fn add_recv_sections(&mut self, audio: u32, video: u32) -> Option<String> {
+        let mut api = self.rtc.sdp_api();
+        for _ in 0..audio.min(64) {
+            api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        }
+        for _ in 0..video.min(64) {
+            api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        }
+        let (offer, pending) = api.apply()?;
+        self.pending = Some(pending);
+        Some(offer.to_sdp_string())
     }
 
     /// A subscriber, waiting for an offer.
