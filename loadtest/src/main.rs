@@ -53,73 +53,7 @@ enum Cmd {
     /// Run a scenario against a server: simulated LiveKit participants (`/rtc`, webrtc or str0m
     /// peer connections) send synthetic Opus/VP8 and measure loss, latency and join times; with
     /// `--server-pid` also the server's CPU per forwarded packet, memory and `R_floor`.
-    Run {
-        /// Signalling URL of the server.
-        #[arg(long, default_value = "ws://127.0.0.1:7880")]
-        url: url::Url,
-        /// API key the tokens name.
-        #[arg(long, env = "LIVEKIT_API_KEY")]
-        api_key: String,
-        /// API secret that signs them.
-        #[arg(long, env = "LIVEKIT_API_SECRET")]
-        api_secret: String,
-        /// B1 voice call, B2 grid, B3 webinar, B4 latency at 10/50/80 % of --subscribers,
-        /// B5 joins.
-        #[arg(long, value_enum, ignore_case = true)]
-        scenario: run::Scenario,
-        /// B1/B4: audio publishers.
-        #[arg(long, default_value_t = 10)]
-        publishers: u32,
-        /// B1/B3: subscribers; a comma list sweeps (10,25,50). B4: the capacity.
-        #[arg(long, value_delimiter = ',', default_value = "10")]
-        subscribers: Vec<u32>,
-        /// B2: participants (comma list sweeps); B5: sequential joiners.
-        #[arg(long, value_delimiter = ',', default_value = "4")]
-        participants: Vec<u32>,
-        /// B5: joiners in the storm (10/s).
-        #[arg(long, default_value_t = 50)]
-        storm: u32,
-        /// Measurement window per point, seconds.
-        #[arg(long, default_value_t = 30.0)]
-        duration: f64,
-        /// Warm-up per point after everyone joined, seconds.
-        #[arg(long, default_value_t = 10.0)]
-        warmup: f64,
-        /// Joins per second while a point fills up.
-        #[arg(long, default_value_t = 25.0)]
-        join_rate: f64,
-        /// The server's pid: read its CPU and memory from /proc and measure the floor.
-        #[arg(long)]
-        server_pid: Option<u32>,
-        /// Pin every server thread (and the floor's relay) to this core.
-        #[arg(long)]
-        server_cpu: Option<usize>,
-        /// Pin this tool to this core.
-        #[arg(long)]
-        cpu: Option<usize>,
-        /// Skip the floor measurement.
-        #[arg(long)]
-        no_floor: bool,
-        /// The participants' WebRTC implementation: `str0m` (the server's own library) or
-        /// `webrtc` (the webrtc crate 0.21, a stranger to the server, but ~1.7x the CPU per
-        /// received packet: one core saturates near 75k packets/s).
-        #[arg(long, value_enum, default_value = "str0m")]
-        stack: run::peer::Stack,
-        /// Address the simulated participants' media sockets bind to (default: the one that
-        /// routes to the --url host).
-        #[arg(long)]
-        local_ip: Option<std::net::IpAddr>,
-        /// Signal on `/rtc/v1` with one peer connection per participant (livekit-client's
-        /// default) instead of `/rtc` with two; str0m stack only.
-        #[arg(long)]
-        single_pc: bool,
-        /// Write the JSON report here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Draw cost per packet, loss and latency against load as SVG here.
-        #[arg(long)]
-        plot: Option<PathBuf>,
-    },
+    Run(run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -139,78 +73,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
-    if !(v.is_finite() && (0.0..=3600.0).contains(&v)) {
-        anyhow::bail!("--{name} must be between 0 and 3600 seconds");
-    }
-    Ok(Duration::from_secs_f64(v))
+/// Writes `value` as pretty JSON to `path`.
+fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n")
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Run {
-            url,
-            api_key,
-            api_secret,
-            scenario,
-            publishers,
-            subscribers,
-            participants,
-            storm,
-            duration,
-            warmup,
-            join_rate,
-            server_pid,
-            server_cpu,
-            cpu,
-            no_floor,
-            stack,
-            local_ip,
-            single_pc,
-            json,
-            plot,
-        } => {
-            let duration = secs("duration", duration)?;
-            if duration.is_zero() {
-                anyhow::bail!("--duration must be more than 0 seconds");
-            }
-            if !(join_rate.is_finite() && join_rate > 0.0) {
-                anyhow::bail!("--join-rate must be more than 0");
-            }
-            if subscribers.is_empty() || participants.is_empty() {
-                anyhow::bail!("--subscribers and --participants need at least one number");
-            }
-            if let Some(core) = cpu {
+        Cmd::Run(args) => {
+            args.validate()?;
+            if let Some(core) = args.cpu {
                 cpu::pin_current_thread(core).map_err(|e| anyhow::anyhow!("--cpu {core}: {e}"))?;
             }
-            let params = run::RunParams {
-                url,
-                api_key,
-                api_secret,
-                scenario,
-                publishers,
-                subscribers,
-                participants,
-                storm,
-                duration,
-                warmup: secs("warmup", warmup)?,
-                join_rate,
-                server_pid,
-                server_cpu,
-                no_floor,
-                stack,
-                local_ip,
-                single_pc,
-            };
-            let points = run::run(&params)?;
+            let points = run::run(&args)?;
             println!("{}", run::report::table(&points));
-            if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&run::report::json(&points))?;
-                std::fs::write(&path, text + "\n")
-                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            if let Some(path) = &args.json {
+                write_json(path, &run::report::json(&points))?;
             }
-            if let Some(path) = plot {
-                run::report::plot(&points, &path)?;
+            if let Some(path) = &args.plot {
+                run::report::plot(&points, path)?;
             }
             Ok(())
         }
@@ -253,9 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("{} packets failed to decrypt", r.decrypt_failures);
             }
             if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&r)?;
-                std::fs::write(&path, text + "\n")
-                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                write_json(&path, &r)?;
             }
             Ok(())
         }

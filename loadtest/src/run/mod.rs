@@ -52,43 +52,109 @@ pub enum Scenario {
     B5,
 }
 
-/// What `run` was asked to do.
-#[derive(Debug, Clone)]
-pub struct RunParams {
-    /// `ws://host:port`.
+/// What `run` was asked to do: the `run` subcommand's options (clap).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Signalling URL of the server.
+    #[arg(long, default_value = "ws://127.0.0.1:7880")]
     pub url: url::Url,
-    /// API key.
+    /// API key the tokens name.
+    #[arg(long, env = "LIVEKIT_API_KEY")]
     pub api_key: String,
-    /// API secret.
+    /// API secret that signs them.
+    #[arg(long, env = "LIVEKIT_API_SECRET")]
     pub api_secret: String,
-    /// Scenario.
+    /// B1 voice call, B2 grid, B3 webinar, B4 latency at 10/50/80 % of --subscribers,
+    /// B5 joins.
+    #[arg(long, value_enum, ignore_case = true)]
     pub scenario: Scenario,
-    /// B1/B4: publishers.
+    /// B1/B4: audio publishers.
+    #[arg(long, default_value_t = 10)]
     pub publishers: u32,
-    /// B1/B3: subscribers per point; B4: the capacity the percentages apply to.
+    /// B1/B3: subscribers; a comma list sweeps (10,25,50). B4: the capacity.
+    #[arg(long, value_delimiter = ',', default_value = "10")]
     pub subscribers: Vec<u32>,
-    /// B2: participants per point; B5: sequential joiners.
+    /// B2: participants (comma list sweeps); B5: sequential joiners.
+    #[arg(long, value_delimiter = ',', default_value = "4")]
     pub participants: Vec<u32>,
-    /// B5: joiners in the storm (at 10/s).
+    /// B5: joiners in the storm (10/s).
+    #[arg(long, default_value_t = 50)]
     pub storm: u32,
-    /// Measurement window.
-    pub duration: Duration,
-    /// Warm-up after everyone joined, before the window.
-    pub warmup: Duration,
+    /// Measurement window per point, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub duration: f64,
+    /// Warm-up per point after everyone joined, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub warmup: f64,
     /// Joins per second while a point fills up.
+    #[arg(long, default_value_t = 25.0)]
     pub join_rate: f64,
-    /// The server process, for CPU and memory (and the floor).
+    /// The server's pid: read its CPU and memory from /proc and measure the floor.
+    #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Pin the server (and the floor's relay) to this core.
+    /// Pin every server thread (and the floor's relay) to this core.
+    #[arg(long)]
     pub server_cpu: Option<usize>,
-    /// Skip the floor even with `--server-pid`.
+    /// Pin this tool to this core.
+    #[arg(long)]
+    pub cpu: Option<usize>,
+    /// Skip the floor measurement.
+    #[arg(long)]
     pub no_floor: bool,
-    /// The participants' WebRTC implementation.
+    /// The participants' WebRTC implementation: `str0m` (the server's own library) or
+    /// `webrtc` (the webrtc crate 0.21, a stranger to the server, but ~1.7x the CPU per
+    /// received packet: one core saturates near 75k packets/s).
+    #[arg(long, value_enum, default_value = "str0m")]
     pub stack: peer::Stack,
-    /// Bind the participants' media sockets here (default: the address routing to the server).
+    /// Address the simulated participants' media sockets bind to (default: the one that
+    /// routes to the --url host).
+    #[arg(long)]
     pub local_ip: Option<IpAddr>,
-    /// Signal on `/rtc/v1` with one peer connection (else `/rtc` with two).
+    /// Signal on `/rtc/v1` with one peer connection per participant (livekit-client's
+    /// default) instead of `/rtc` with two; str0m stack only.
+    #[arg(long)]
     pub single_pc: bool,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Draw cost per packet, loss and latency against load as SVG here.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
+}
+
+impl RunArgs {
+    /// Checks the numbers clap cannot.
+    ///
+    /// # Errors
+    /// One line naming the option at fault.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (name, v) in [("duration", self.duration), ("warmup", self.warmup)] {
+            if !(v.is_finite() && (0.0..=3600.0).contains(&v)) {
+                anyhow::bail!("--{name} must be between 0 and 3600 seconds");
+            }
+        }
+        if self.duration == 0.0 {
+            anyhow::bail!("--duration must be more than 0 seconds");
+        }
+        if !(self.join_rate.is_finite() && self.join_rate > 0.0) {
+            anyhow::bail!("--join-rate must be more than 0");
+        }
+        if self.subscribers.is_empty() || self.participants.is_empty() {
+            anyhow::bail!("--subscribers and --participants need at least one number");
+        }
+        if self.single_pc && self.stack == peer::Stack::Webrtc {
+            anyhow::bail!("--single-pc (/rtc/v1) is built for --stack str0m only");
+        }
+        Ok(())
+    }
+
+    fn window(&self) -> Duration {
+        Duration::from_secs_f64(self.duration)
+    }
+
+    fn warm(&self) -> Duration {
+        Duration::from_secs_f64(self.warmup)
+    }
 }
 
 /// One group of joiners inside a point.
@@ -100,6 +166,20 @@ struct Phase {
     pace: Option<Duration>,
     /// Joins of this group count in the report's `join_ms`.
     counts_for_join: bool,
+}
+
+fn phase(
+    group: &'static str,
+    specs: Vec<Spec>,
+    pace: Option<Duration>,
+    counts_for_join: bool,
+) -> Phase {
+    Phase {
+        group,
+        specs,
+        pace,
+        counts_for_join,
+    }
 }
 
 /// A point to run.
@@ -117,7 +197,7 @@ struct Plan {
 /// # Errors
 /// A clear one-line error when the server is unreachable, the key is refused, or every
 /// participant of a point failed.
-pub fn run(p: &RunParams) -> anyhow::Result<Vec<PointReport>> {
+pub fn run(p: &RunArgs) -> anyhow::Result<Vec<PointReport>> {
     let rt = match p.stack {
         peer::Stack::Str0m => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -131,7 +211,7 @@ pub fn run(p: &RunParams) -> anyhow::Result<Vec<PointReport>> {
     rt.block_on(run_async(p))
 }
 
-async fn run_async(p: &RunParams) -> anyhow::Result<Vec<PointReport>> {
+async fn run_async(p: &RunArgs) -> anyhow::Result<Vec<PointReport>> {
     match p.url.scheme() {
         "ws" => {}
         "wss" => {
@@ -139,9 +219,7 @@ async fn run_async(p: &RunParams) -> anyhow::Result<Vec<PointReport>> {
         }
         other => anyhow::bail!("--url: scheme {other}:// is not ws://"),
     }
-    if p.single_pc && p.stack == peer::Stack::Webrtc {
-        anyhow::bail!("--single-pc (/rtc/v1) is built for --stack str0m only");
-    }
+    p.validate()?;
     let local_ip = match p.local_ip {
         Some(ip) => ip,
         None => local_ip_towards(&p.url)?,
@@ -306,25 +384,20 @@ fn av_payload() -> usize {
         / (v + synth::AUDIO_PPS)) as usize
 }
 
-fn plans(p: &RunParams, run_id: u128) -> Vec<Plan> {
+fn plans(p: &RunArgs, run_id: u128) -> Vec<Plan> {
     let pace = Some(Duration::from_secs_f64(1.0 / p.join_rate.max(0.1)));
     let room = |label: &str| format!("lt-{run_id}-{label}");
     let b1 = |s: u32, label: String| {
         let r = room(&label);
         Plan {
             phases: vec![
-                Phase {
-                    group: "publishers",
-                    specs: publishers(p.publishers, &r, true, false, false),
+                phase(
+                    "publishers",
+                    publishers(p.publishers, &r, true, false, false),
                     pace,
-                    counts_for_join: false,
-                },
-                Phase {
-                    group: "subscribers",
-                    specs: viewers(s, "sub", &r),
-                    pace,
-                    counts_for_join: true,
-                },
+                    false,
+                ),
+                phase("subscribers", viewers(s, "sub", &r), pace, true),
             ],
             label,
             publishers: p.publishers,
@@ -360,18 +433,13 @@ fn plans(p: &RunParams, run_id: u128) -> Vec<Plan> {
                 let r = room(&label);
                 Plan {
                     phases: vec![
-                        Phase {
-                            group: "publishers",
-                            specs: publishers(1, &r, true, true, false),
+                        phase(
+                            "publishers",
+                            publishers(1, &r, true, true, false),
                             pace,
-                            counts_for_join: false,
-                        },
-                        Phase {
-                            group: "subscribers",
-                            specs: viewers(s, "viewer", &r),
-                            pace,
-                            counts_for_join: true,
-                        },
+                            false,
+                        ),
+                        phase("subscribers", viewers(s, "viewer", &r), pace, true),
                     ],
                     label,
                     publishers: 1,
@@ -426,35 +494,30 @@ fn plans(p: &RunParams, run_id: u128) -> Vec<Plan> {
             let idle_room = room("idle");
             vec![Plan {
                 phases: vec![
-                    Phase {
-                        group: "publishers",
-                        specs: publishers(1, &r, true, true, false),
+                    phase(
+                        "publishers",
+                        publishers(1, &r, true, true, false),
                         pace,
-                        counts_for_join: false,
-                    },
-                    Phase {
-                        group: "sequential",
-                        specs: viewers(n, "seq", &r),
-                        pace: None,
-                        counts_for_join: true,
-                    },
-                    Phase {
-                        group: "storm",
-                        specs: viewers(p.storm, "storm", &r),
-                        pace: Some(Duration::from_millis(100)),
-                        counts_for_join: false,
-                    },
-                    Phase {
-                        group: "idle",
-                        specs: (0..n.max(p.storm))
+                        false,
+                    ),
+                    phase("sequential", viewers(n, "seq", &r), None, true),
+                    phase(
+                        "storm",
+                        viewers(p.storm, "storm", &r),
+                        Some(Duration::from_millis(100)),
+                        false,
+                    ),
+                    phase(
+                        "idle",
+                        (0..n.max(p.storm))
                             .map(|i| Spec {
                                 expect_media: false,
                                 ..spec(format!("idle-{i}"), &idle_room, false, false, true)
                             })
                             .collect(),
                         pace,
-                        counts_for_join: false,
-                    },
+                        false,
+                    ),
                 ],
                 label,
                 publishers: 1,
@@ -502,7 +565,7 @@ fn progress_line(
 }
 
 async fn run_point(
-    p: &RunParams,
+    p: &RunArgs,
     target: &Arc<Target>,
     plan: Plan,
     index: usize,
@@ -574,7 +637,7 @@ async fn run_point(
             .unwrap_or_else(|| "no participant got media".into());
         anyhow::bail!("{label}: every participant failed: {why}");
     }
-    let warm_end = Instant::now() + p.warmup;
+    let warm_end = Instant::now() + p.warm();
     while Instant::now() < warm_end {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if tick.elapsed() >= Duration::from_secs(1) {
@@ -586,7 +649,7 @@ async fn run_point(
     let tool0 = procfs::cpu_time(std::process::id()).ok();
     let t0 = Instant::now();
     shared.measuring.store(true, Ordering::Relaxed);
-    let end = t0 + p.duration;
+    let end = t0 + p.window();
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if tick.elapsed() >= Duration::from_secs(1) {
