@@ -1,6 +1,7 @@
 """Smoke run of the load generator (`switchboard-loadtest`, docs/benchmarks.md) against the
 server: a small B1 voice call (with each of the tool's WebRTC stacks, str0m and the webrtc
-crate) and a small B5 join run, inside the test's network namespace.
+crate), a small grid (subscribers get the simulcast layer they ask for), /rtc/v1, and a small B5
+join run, inside the test's network namespace.
 
 At this low load nothing may be lost (loss <= 1 %) and every simulated participant must join;
 the figures themselves (CPU per packet, latency, join times) are benchmark output, not
@@ -70,6 +71,20 @@ def test_single_peer_connection_path(server, netns, workdir):
     assert rep["failed"] == 0, rep["failures"]
     assert rep["participants"] == 5
     assert rep["received_packets"] > 0 and rep["loss_ratio"] <= 0.01, rep
+
+
+def test_grid_subscribers_get_the_layer_they_ask_for(server, netns, workdir):
+    """B2 participants ask for the `h` layer (UpdateTrackSettings.quality MEDIUM): per
+    subscription 55 video packets/s against 50 audio, where the full layer would be 180."""
+    rep = run_scenario(netns, server, workdir, "b2", "--scenario", "B2", "--participants", "3",
+                       "--warmup", "2", "--duration", "3")
+    assert rep["failed"] == 0, rep["failures"]
+    assert rep["loss_ratio"] <= 0.01, rep
+    video = rep["received_video_packets"]
+    audio = rep["received_packets"] - video
+    assert audio > 0 and video > 0, rep
+    # counts, not rates: h gives ~1.1 video packets per audio packet, f ~3.6, q ~0.4
+    assert 0.7 < video / audio < 2.0, (video, audio)
 
 
 def test_small_join_run_joins_everyone(server, netns, workdir):

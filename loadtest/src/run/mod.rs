@@ -534,34 +534,49 @@ struct Running {
     handle: JoinHandle<ParticipantReport>,
 }
 
-/// Prints the live progress line (stderr) until `done` flips.
-fn progress_line(
-    label: &str,
-    phase: &str,
-    shared: &Shared,
-    joined: usize,
-    last: &mut (Instant, u64, u64),
-) {
-    let now = Instant::now();
-    let rx = shared.rx_packets.load(Ordering::Relaxed);
-    let exp = shared.rx_expected.load(Ordering::Relaxed);
-    let dt = now.duration_since(last.0).as_secs_f64().max(1e-3);
-    let pps = (rx - last.1) as f64 / dt;
-    let loss = if exp > 0 {
-        100.0 * (1.0 - (rx.min(exp) as f64 / exp as f64))
-    } else {
-        0.0
-    };
-    *last = (now, rx, exp);
-    eprint!(
-        "\r[{label}] {phase:<10} ready {}/{} failed {} | {:>8.0} pkt/s in | loss {:.2} %   ",
-        shared.ready.load(Ordering::Relaxed),
-        joined,
-        shared.failed.load(Ordering::Relaxed),
-        pps,
-        loss
-    );
-    let _ = std::io::stderr().flush();
+/// The live progress line (stderr), redrawn at most once a second.
+struct Progress {
+    label: String,
+    /// When it was last drawn, and the receive counter then.
+    last: (Instant, u64),
+}
+
+impl Progress {
+    fn new(label: &str) -> Self {
+        Self {
+            label: label.to_string(),
+            last: (Instant::now(), 0),
+        }
+    }
+
+    /// Redraws the line if a second has passed: participants ready/failed of `joined`,
+    /// packets/s received since the last draw, loss since the start.
+    fn tick(&mut self, phase: &str, shared: &Shared, joined: usize) {
+        let now = Instant::now();
+        let dt = now.duration_since(self.last.0).as_secs_f64();
+        if dt < 1.0 {
+            return;
+        }
+        let rx = shared.rx_packets.load(Ordering::Relaxed);
+        let exp = shared.rx_expected.load(Ordering::Relaxed);
+        let pps = rx.saturating_sub(self.last.1) as f64 / dt;
+        let loss = if exp > 0 {
+            100.0 * (1.0 - (rx.min(exp) as f64 / exp as f64))
+        } else {
+            0.0
+        };
+        self.last = (now, rx);
+        eprint!(
+            "\r[{}] {phase:<10} ready {}/{} failed {} | {:>8.0} pkt/s in | loss {:.2} %   ",
+            self.label,
+            shared.ready.load(Ordering::Relaxed),
+            joined,
+            shared.failed.load(Ordering::Relaxed),
+            pps,
+            loss
+        );
+        let _ = std::io::stderr().flush();
+    }
 }
 
 async fn run_point(
@@ -574,10 +589,9 @@ async fn run_point(
     let (stop_tx, stop_rx) = watch::channel(false);
     let base_rss = p.server_pid.map(procfs::rss_bytes).transpose()?;
     let mut running: Vec<Running> = Vec::new();
-    let mut last = (Instant::now(), 0u64, 0u64);
-    let mut tick = Instant::now();
     let mut idle_rss: Option<(u64, u32)> = None;
     let label = plan.label.clone();
+    let mut progress = Progress::new(&label);
     for phase in plan.phases {
         let first = running.len();
         let rss_before = p.server_pid.map(procfs::rss_bytes).transpose()?;
@@ -604,20 +618,14 @@ async fn run_point(
                     }
                 }
             }
-            if tick.elapsed() >= Duration::from_secs(1) {
-                tick = Instant::now();
-                progress_line(&label, phase.group, &shared, running.len(), &mut last);
-            }
+            progress.tick(phase.group, &shared, running.len());
         }
         // Everyone of this phase ready (or failed), bounded.
         let want = running.len() as u32;
         let until = Instant::now() + Duration::from_secs(30);
         while settled(&shared) < want && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            if tick.elapsed() >= Duration::from_secs(1) {
-                tick = Instant::now();
-                progress_line(&label, phase.group, &shared, running.len(), &mut last);
-            }
+            progress.tick(phase.group, &shared, running.len());
         }
         if phase.group == "idle" {
             if let (Some(pid), Some(before)) = (p.server_pid, rss_before) {
@@ -640,10 +648,7 @@ async fn run_point(
     let warm_end = Instant::now() + p.warm();
     while Instant::now() < warm_end {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        if tick.elapsed() >= Duration::from_secs(1) {
-            tick = Instant::now();
-            progress_line(&label, "warm-up", &shared, running.len(), &mut last);
-        }
+        progress.tick("warm-up", &shared, running.len());
     }
     let cpu0 = p.server_pid.map(procfs::cpu_time).transpose()?;
     let tool0 = procfs::cpu_time(std::process::id()).ok();
@@ -652,10 +657,7 @@ async fn run_point(
     let end = t0 + p.window();
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        if tick.elapsed() >= Duration::from_secs(1) {
-            tick = Instant::now();
-            progress_line(&label, "measuring", &shared, running.len(), &mut last);
-        }
+        progress.tick("measuring", &shared, running.len());
     }
     shared.measuring.store(false, Ordering::Relaxed);
     let window = t0.elapsed();
@@ -747,6 +749,7 @@ async fn run_point(
         window_s: secs,
         forwarded_packets_per_second: forwarded_pps,
         received_packets: rx.packets,
+        received_video_packets: rx.video_packets,
         expected_packets: rx.expected,
         loss_ratio: if rx.expected > 0 {
             1.0 - (rx.packets.min(rx.expected) as f64 / rx.expected as f64)

@@ -55,6 +55,9 @@ pub struct PointReport {
     pub forwarded_packets_per_second: f64,
     /// Packets received in the window.
     pub received_packets: u64,
+    /// Of those, video packets (the rest is audio): with `expected_packets` this shows which
+    /// simulcast layer arrived (video ÷ audio ≈ 0.4 for q, 1.1 for h, 3.6 for f).
+    pub received_video_packets: u64,
     /// Packets the sequence numbers say were sent to the subscribers in the window.
     pub expected_packets: u64,
     /// 1 − received ÷ expected.

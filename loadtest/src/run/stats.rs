@@ -53,6 +53,8 @@ pub struct RxStats {
     spans: HashMap<u32, Span>,
     /// Packets received in the window.
     pub packets: u64,
+    /// Of those, video packets (any simulcast layer).
+    pub video_packets: u64,
     /// Packets the sequence numbers say were sent in the window (received + lost), counted
     /// from each stream's first packet in the window.
     pub expected: u64,
@@ -72,6 +74,7 @@ impl RxStats {
         Self {
             spans: HashMap::new(),
             packets: 0,
+            video_packets: 0,
             expected: 0,
             // Bounds are constants that `new_with_bounds` accepts.
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)
@@ -83,6 +86,9 @@ impl RxStats {
     /// this adds to the expected count (1 + the gap before it; 0 for a late or duplicate one).
     pub fn record(&mut self, stream: u32, seq: u32, latency: Duration) -> u64 {
         self.packets += 1;
+        if super::synth::is_video_stream(stream) {
+            self.video_packets += 1;
+        }
         let us = u64::try_from(latency.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
@@ -107,6 +113,7 @@ impl RxStats {
     /// Adds another participant's figures into these.
     pub fn merge(&mut self, other: &RxStats) {
         self.packets += other.packets;
+        self.video_packets += other.video_packets;
         self.expected += other.expected;
         let _ = self.latency_us.add(&other.latency_us);
     }
@@ -165,8 +172,12 @@ mod tests {
         assert_eq!(rx.record(1, 11, ms), 1);
         assert_eq!(rx.record(1, 14, ms), 3, "12 and 13 missing");
         assert_eq!(rx.record(1, 13, ms), 0, "late 13 arrives");
-        assert_eq!(rx.record(2, 0, ms), 1);
+        assert_eq!(rx.record(4, 0, ms), 1, "another publisher's audio");
         assert_eq!(rx.packets, 5);
+        assert_eq!(
+            rx.video_packets, 4,
+            "stream 1 is a video layer, stream 4 audio"
+        );
         assert_eq!(rx.expected, 6);
         assert_eq!(rx.spans.len(), 2);
     }

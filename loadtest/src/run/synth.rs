@@ -76,6 +76,11 @@ pub fn layer_pps(l: &LayerShape) -> f64 {
     f64::from(per_frame) / l.packets_per_frame.len() as f64 * f64::from(l.fps)
 }
 
+/// Stream ids: publisher `i` owns `4i` (audio) and `4i + 1 ..= 4i + 3` (video q, h, f).
+pub fn is_video_stream(stream: u32) -> bool {
+    !stream.is_multiple_of(4)
+}
+
 /// Writes the trailer into the last [`TRAILER_BYTES`] of `buf`.
 pub fn write_trailer(buf: &mut [u8], stream: u32, seq: u32, sent_ns: u64) {
     let n = buf.len();

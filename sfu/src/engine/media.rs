@@ -137,10 +137,10 @@ impl Engine {
                 continue;
             }
             let Some(mid) = sub.mid else { continue };
-            let target = targets[usize::from(sub.max_layer.min(2))];
+            let target = targets[usize::from(sub.max_layer)];
             let forwarded = sub.forwarder.forward(lp, target);
             if video && sub.forwarder.current_layer() != Some(target) {
-                waiting[usize::from(target.min(2))] = true;
+                waiting[usize::from(target)] = true;
             }
             let Some(h) = forwarded else {
                 continue;

@@ -148,7 +148,7 @@ struct Subscription {
     mid: Option<Mid>,
     ready: bool,
     paused: bool,
-    /// Highest simulcast layer this subscriber asked for (0..=2).
+    /// Highest simulcast layer this subscriber asked for (0..=2, clamped where it is set).
     max_layer: u8,
     forwarder: Forwarder,
     /// Last publisher PT and the subscriber PT it maps to.

@@ -52,7 +52,7 @@ impl Engine {
                         sub.paused = paused;
                         if !paused {
                             sub.forwarder.reset();
-                            let cap = usize::from(sub.max_layer.min(2));
+                            let cap = usize::from(sub.max_layer);
                             let layer = self
                                 .tracks
                                 .get(&track)
@@ -312,7 +312,7 @@ impl Engine {
             if let Some(sub) = self.subs.get_mut(&(participant, *track)) {
                 if !sub.ready && sub.mid == Some(*mid) {
                     sub.ready = true;
-                    woken.push((*track, usize::from(sub.max_layer.min(2))));
+                    woken.push((*track, usize::from(sub.max_layer)));
                 }
             }
         }
