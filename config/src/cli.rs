@@ -55,6 +55,12 @@ pub struct Cli {
     #[arg(long = "node-ip", value_name = "IP")]
     pub node_ips: Vec<IpAddr>,
 
+    /// Number of media threads, each running its own media core over its own
+    /// rooms, 1-256, or 0 for one per core (`rtc.media_threads`). Media still
+    /// uses the one UDP port. Default: one per core available to the process.
+    #[arg(long = "media-threads", value_name = "N")]
+    pub media_threads: Option<usize>,
+
     /// Log output format (`log.format`). Default: text.
     #[arg(long = "log-format", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,

@@ -12,8 +12,9 @@ use toml::Value as Toml;
 use crate::error::{ConfigError, ValueSource};
 use crate::keys::insert_key;
 use crate::layer::{
-    check_bytes, check_ip_list, check_port, check_server_names, check_url, check_url_map,
-    parse_format, parse_ip, Field, KeySet, Kind, Layer, Value, PUBLIC_URL_SCHEMES, SECTIONS,
+    check_bytes, check_ip_list, check_port, check_server_names, check_threads, check_url,
+    check_url_map, parse_format, parse_ip, Field, KeySet, Kind, Layer, Value, PUBLIC_URL_SCHEMES,
+    SECTIONS,
 };
 
 /// Parses the config file text. `path` only serves error messages.
@@ -94,6 +95,7 @@ fn convert(field: Field, value: &Toml) -> Option<Value> {
         }
         (Kind::Bool, Toml::Boolean(b)) => Some(Value::Bool(*b)),
         (Kind::Bytes, Toml::Integer(n)) => check_bytes(*n).map(Value::Bytes),
+        (Kind::Threads, Toml::Integer(n)) => check_threads(*n).map(Value::Threads),
         (Kind::Format, Toml::String(s)) => parse_format(s).map(Value::Format),
         (Kind::ServerNames, Toml::Array(items)) => {
             let names = items.iter().map(Toml::as_str).collect::<Option<Vec<_>>>()?;

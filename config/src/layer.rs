@@ -11,6 +11,8 @@ use crate::LogFormat;
 pub(crate) const MIN_SIGNAL_MESSAGE_BYTES: usize = 1024;
 /// Largest accepted `rtc.max_signal_message_bytes` (64 MiB).
 pub(crate) const MAX_SIGNAL_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest accepted `rtc.media_threads`.
+pub(crate) const MAX_MEDIA_THREADS: usize = 256;
 
 /// API keys with the origin of each secret.
 pub(crate) type KeySet = BTreeMap<String, (String, ValueSource)>;
@@ -26,6 +28,8 @@ pub(crate) struct Layer {
     pub rtc_include_loopback: Option<bool>,
     pub rtc_v1_enabled: Option<bool>,
     pub rtc_max_signal_message_bytes: Option<usize>,
+    /// 0 means one per core; resolved when the levels are merged.
+    pub rtc_media_threads: Option<usize>,
     pub keys: Option<KeySet>,
     pub rooms_auto_create: Option<bool>,
     pub matrixrtc_enabled: Option<bool>,
@@ -51,6 +55,7 @@ pub(crate) enum Field {
     RtcIncludeLoopback,
     RtcV1Enabled,
     RtcMaxSignalMessageBytes,
+    RtcMediaThreads,
     RoomsAutoCreate,
     MatrixRtcEnabled,
     MatrixRtcFullAccessHomeservers,
@@ -67,6 +72,7 @@ pub(crate) enum Kind {
     IpList,
     Bool,
     Bytes,
+    Threads,
     Format,
     ServerNames,
     PublicUrl,
@@ -77,7 +83,7 @@ pub(crate) enum Kind {
 pub(crate) const SECTIONS: [&str; 6] = ["http", "rtc", "keys", "rooms", "matrixrtc", "log"];
 
 impl Field {
-    pub(crate) const ALL: [Field; 14] = [
+    pub(crate) const ALL: [Field; 15] = [
         Field::HttpBind,
         Field::HttpPort,
         Field::RtcUdpPort,
@@ -86,6 +92,7 @@ impl Field {
         Field::RtcIncludeLoopback,
         Field::RtcV1Enabled,
         Field::RtcMaxSignalMessageBytes,
+        Field::RtcMediaThreads,
         Field::RoomsAutoCreate,
         Field::MatrixRtcEnabled,
         Field::MatrixRtcFullAccessHomeservers,
@@ -105,6 +112,7 @@ impl Field {
             Field::RtcIncludeLoopback => ("rtc", "include_loopback"),
             Field::RtcV1Enabled => ("rtc", "v1_enabled"),
             Field::RtcMaxSignalMessageBytes => ("rtc", "max_signal_message_bytes"),
+            Field::RtcMediaThreads => ("rtc", "media_threads"),
             Field::RoomsAutoCreate => ("rooms", "auto_create"),
             Field::MatrixRtcEnabled => ("matrixrtc", "enabled"),
             Field::MatrixRtcFullAccessHomeservers => ("matrixrtc", "full_access_homeservers"),
@@ -124,6 +132,7 @@ impl Field {
             | Field::RoomsAutoCreate
             | Field::MatrixRtcEnabled => Kind::Bool,
             Field::RtcMaxSignalMessageBytes => Kind::Bytes,
+            Field::RtcMediaThreads => Kind::Threads,
             Field::LogFormat => Kind::Format,
             Field::MatrixRtcFullAccessHomeservers => Kind::ServerNames,
             Field::MatrixRtcPublicUrl => Kind::PublicUrl,
@@ -174,6 +183,9 @@ impl Field {
             Kind::Bytes => format!(
                 "a size in bytes from {MIN_SIGNAL_MESSAGE_BYTES} to {MAX_SIGNAL_MESSAGE_BYTES} (64 MiB)"
             ),
+            Kind::Threads => {
+                format!("a number of threads from 1 to {MAX_MEDIA_THREADS}, or 0 for one per core")
+            }
             Kind::Format => "\"text\" or \"json\"".into(),
             Kind::ServerNames => "a list of Matrix server names without spaces, or [\"*\"] \
                                   alone for every server (comma separated in the environment)"
@@ -207,6 +219,8 @@ pub(crate) enum Value {
     IpList(Vec<IpAddr>),
     Bool(bool),
     Bytes(usize),
+    /// A media thread count; 0 means one per core.
+    Threads(usize),
     Format(LogFormat),
     ServerNames(Vec<String>),
     Url(String),
@@ -228,6 +242,7 @@ impl Layer {
             (Field::RtcMaxSignalMessageBytes, Value::Bytes(v)) => {
                 self.rtc_max_signal_message_bytes = Some(v)
             }
+            (Field::RtcMediaThreads, Value::Threads(v)) => self.rtc_media_threads = Some(v),
             (Field::LogFormat, Value::Format(v)) => self.log_format = Some(v),
             (Field::MatrixRtcEnabled, Value::Bool(v)) => self.matrixrtc_enabled = Some(v),
             (Field::MatrixRtcFullAccessHomeservers, Value::ServerNames(v)) => {
@@ -275,6 +290,14 @@ pub(crate) fn check_bytes(bytes: i64) -> Option<usize> {
     usize::try_from(bytes)
         .ok()
         .filter(|b| (MIN_SIGNAL_MESSAGE_BYTES..=MAX_SIGNAL_MESSAGE_BYTES).contains(b))
+}
+
+/// Checks a media thread count: 1 to [`MAX_MEDIA_THREADS`], or 0 (one per
+/// core).
+pub(crate) fn check_threads(threads: i64) -> Option<usize> {
+    usize::try_from(threads)
+        .ok()
+        .filter(|t| *t <= MAX_MEDIA_THREADS)
 }
 
 /// Checks a list of addresses to advertise; removes duplicates, keeping order.
@@ -426,6 +449,11 @@ pub(crate) fn parse_env_value(field: Field, text: &str) -> Option<Value> {
             .ok()
             .and_then(check_bytes)
             .map(Value::Bytes),
+        Kind::Threads => trimmed
+            .parse::<i64>()
+            .ok()
+            .and_then(check_threads)
+            .map(Value::Threads),
         Kind::Format => parse_format(trimmed).map(Value::Format),
         Kind::ServerNames => check_server_names(
             trimmed

@@ -21,12 +21,13 @@ mod tests;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::num::NonZeroUsize;
 use std::path::Path;
 
 pub use cli::Cli;
 pub use error::{ConfigError, ValueSource};
 
-use layer::{check_ip_list, KeySet, Layer};
+use layer::{check_ip_list, check_threads, KeySet, Layer, MAX_MEDIA_THREADS};
 
 /// Default HTTP/WebSocket port (`http.port`).
 pub const DEFAULT_HTTP_PORT: u16 = 7880;
@@ -91,6 +92,13 @@ pub struct RtcSettings {
     /// Largest accepted signalling message, in bytes, 1024 to 67108864
     /// (64 MiB). Default: 1048576 (1 MiB).
     pub max_signal_message_bytes: usize,
+    /// Number of media threads, 1 to 256; each runs its own media core over
+    /// its own rooms (a room is placed on the least-loaded thread), and all
+    /// share the one UDP port. Configured as 0 (automatic), or not at all, it
+    /// is resolved at loading. Default: the number of cores available to the
+    /// process (`std::thread::available_parallelism()`, at most 256; 1 if
+    /// unknown).
+    pub media_threads: usize,
 }
 
 /// Room settings (`[rooms]`).
@@ -280,6 +288,18 @@ fn flag_layer(cli: &Cli) -> Result<Layer, ConfigError> {
             Field::RtcNodeIps.invalid(rendered(), &ValueSource::Flag("--node-ip"))
         })?)
     };
+    let media_threads = cli
+        .media_threads
+        .map(|n| {
+            i64::try_from(n)
+                .ok()
+                .and_then(check_threads)
+                .ok_or_else(|| {
+                    Field::RtcMediaThreads
+                        .invalid(n.to_string(), &ValueSource::Flag("--media-threads"))
+                })
+        })
+        .transpose()?;
     Ok(Layer {
         http_bind: cli.bind,
         http_port: port(Field::HttpPort, "--port", cli.port)?,
@@ -287,6 +307,7 @@ fn flag_layer(cli: &Cli) -> Result<Layer, ConfigError> {
         rtc_bind: cli.rtc_bind,
         rtc_node_ips: node_ips,
         rtc_v1_enabled: cli.disable_rtc_v1.then_some(false),
+        rtc_media_threads: media_threads,
         log_format: cli.log_format,
         ..Layer::default()
     })
@@ -380,6 +401,10 @@ fn resolve(
                 rtc_max_signal_message_bytes,
                 DEFAULT_MAX_SIGNAL_MESSAGE_BYTES
             ),
+            media_threads: match pick!(rtc_media_threads, 0) {
+                0 => one_per_core(std::thread::available_parallelism()),
+                n => n,
+            },
         },
         keys,
         rooms: RoomSettings {
@@ -399,4 +424,11 @@ fn resolve(
     };
     settings.matrixrtc.public_url = pick!(matrixrtc_public_url, settings.ws_url());
     Ok(settings)
+}
+
+/// The automatic `rtc.media_threads`: the number of cores available to the
+/// process (`cores`, from `available_parallelism`), at most
+/// [`MAX_MEDIA_THREADS`]; 1 when it cannot be known.
+fn one_per_core(cores: std::io::Result<NonZeroUsize>) -> usize {
+    cores.map_or(1, NonZeroUsize::get).min(MAX_MEDIA_THREADS)
 }

@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::path::Path;
 
 use clap::Parser;
@@ -53,6 +54,12 @@ fn keys(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     env(pairs)
 }
 
+/// The cores available to this process, as the automatic
+/// `rtc.media_threads` counts them.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+}
+
 const KEY_FILE: &str = "[keys]\nprodkey = \"prodsecret\"\n";
 
 // ---- defaults -------------------------------------------------------------
@@ -69,6 +76,7 @@ fn built_in_defaults_apply_when_only_keys_are_given() {
     assert!(!s.rtc.include_loopback);
     assert!(s.rtc.v1_enabled);
     assert_eq!(s.rtc.max_signal_message_bytes, 1_048_576);
+    assert_eq!(s.rtc.media_threads, cores());
     assert_eq!(s.keys, keys(&[("prodkey", "prodsecret")]));
     assert!(s.rooms.auto_create);
     assert_eq!(s.log.format, LogFormat::Text);
@@ -263,6 +271,7 @@ bind = "0.0.0.0"
 node_ips = ["203.0.113.5", "2001:db8::5"]
 v1_enabled = false
 max_signal_message_bytes = 2048
+media_threads = 3
 include_loopback = true
 [keys]
 devkey = "secret"
@@ -280,6 +289,7 @@ format = "json"
     assert!(!s.rtc.v1_enabled);
     assert!(s.rtc.include_loopback);
     assert_eq!(s.rtc.max_signal_message_bytes, 2048);
+    assert_eq!(s.rtc.media_threads, 3);
     assert_eq!(
         s.keys,
         keys(&[("devkey", "secret"), ("other", "another-secret")])
@@ -455,6 +465,93 @@ fn max_signal_message_bytes_must_be_between_1_kib_and_64_mib() {
 }
 
 #[test]
+fn media_threads_default_to_one_per_available_core() {
+    let s = load_ok(&["--dev"], &[], None);
+    assert_eq!(s.rtc.media_threads, cores());
+    assert!(s.rtc.media_threads >= 1);
+    // The fallback when the core count cannot be known, and the cap.
+    let unknown = Err(io::Error::new(io::ErrorKind::Unsupported, "no count"));
+    assert_eq!(crate::one_per_core(unknown), 1);
+    assert_eq!(crate::one_per_core(Ok(NonZeroUsize::new(8).unwrap())), 8);
+    assert_eq!(
+        crate::one_per_core(Ok(NonZeroUsize::new(1000).unwrap())),
+        256
+    );
+}
+
+#[test]
+fn media_threads_flag_beats_environment_and_file() {
+    let file = "[rtc]\nmedia_threads = 3\n";
+    let vars = [("SWITCHBOARD_RTC__MEDIA_THREADS", "5")];
+    assert_eq!(load_ok(&["--dev"], &[], Some(file)).rtc.media_threads, 3);
+    assert_eq!(load_ok(&["--dev"], &vars, Some(file)).rtc.media_threads, 5);
+    let s = load_ok(&["--dev", "--media-threads", "7"], &vars, Some(file));
+    assert_eq!(s.rtc.media_threads, 7);
+}
+
+#[test]
+fn media_threads_zero_means_one_per_core() {
+    let s = load_ok(&["--dev"], &[], Some("[rtc]\nmedia_threads = 0\n"));
+    assert_eq!(s.rtc.media_threads, cores());
+    let s = load_ok(&["--dev"], &[("SWITCHBOARD_RTC__MEDIA_THREADS", "0")], None);
+    assert_eq!(s.rtc.media_threads, cores());
+    // 0 at a higher level replaces a count given lower down.
+    let s = load_ok(
+        &["--dev"],
+        &[("SWITCHBOARD_RTC__MEDIA_THREADS", "0")],
+        Some("[rtc]\nmedia_threads = 9\n"),
+    );
+    assert_eq!(s.rtc.media_threads, cores());
+    let s = load_ok(
+        &["--dev", "--media-threads", "0"],
+        &[("SWITCHBOARD_RTC__MEDIA_THREADS", "9")],
+        None,
+    );
+    assert_eq!(s.rtc.media_threads, cores());
+}
+
+#[test]
+fn media_threads_must_be_between_1_and_256() {
+    for ok in ["1", "256"] {
+        let s = load_ok(&["--dev"], &[("SWITCHBOARD_RTC__MEDIA_THREADS", ok)], None);
+        assert_eq!(s.rtc.media_threads, ok.parse::<usize>().unwrap());
+    }
+    const EXPECTED: &str = "expected a number of threads from 1 to 256, or 0 for one per core";
+    let err = load_err(&["--dev", "--media-threads", "300"], &[], None);
+    assert_eq!(
+        err,
+        format!("rtc.media_threads: invalid value 300 in --media-threads: {EXPECTED}")
+    );
+    for bad in ["257", "-1", "four", "2.5", ""] {
+        let err = load_err(&["--dev"], &[("SWITCHBOARD_RTC__MEDIA_THREADS", bad)], None);
+        assert_eq!(
+            err,
+            format!(
+                "rtc.media_threads: invalid value {bad:?} in SWITCHBOARD_RTC__MEDIA_THREADS: \
+                 {EXPECTED}"
+            )
+        );
+    }
+    for (bad, shown) in [
+        ("257", "257"),
+        ("-1", "-1"),
+        ("\"4\"", "\"4\""),
+        ("2.5", "2.5"),
+    ] {
+        let file = format!("[rtc]\nmedia_threads = {bad}\n");
+        let err = load_err(&["--dev"], &[], Some(&file));
+        assert_eq!(
+            err,
+            format!("rtc.media_threads: invalid value {shown} in config file: {EXPECTED}")
+        );
+    }
+    // A flag that is not a number is refused by the command-line parser.
+    for bad in ["four", "-1", "2.5"] {
+        assert!(Cli::try_parse_from(["switchboard", "--media-threads", bad]).is_err());
+    }
+}
+
+#[test]
 fn unspecified_node_ip_is_rejected() {
     let err = load_err(&["--dev", "--node-ip", "0.0.0.0"], &[], None);
     assert!(
@@ -490,6 +587,7 @@ fn switchboard_env_vars_set_every_setting() {
         ("SWITCHBOARD_RTC__INCLUDE_LOOPBACK", "TRUE"),
         ("SWITCHBOARD_RTC__V1_ENABLED", "0"),
         ("SWITCHBOARD_RTC__MAX_SIGNAL_MESSAGE_BYTES", "4096"),
+        ("SWITCHBOARD_RTC__MEDIA_THREADS", " 5 "),
         ("SWITCHBOARD_ROOMS__AUTO_CREATE", "false"),
         ("SWITCHBOARD_LOG__FORMAT", "JSON"),
         ("SWITCHBOARD_KEYS__MyKey", "my-secret"),
@@ -503,6 +601,7 @@ fn switchboard_env_vars_set_every_setting() {
     assert!(s.rtc.include_loopback);
     assert!(!s.rtc.v1_enabled);
     assert_eq!(s.rtc.max_signal_message_bytes, 4096);
+    assert_eq!(s.rtc.media_threads, 5);
     assert!(!s.rooms.auto_create);
     assert_eq!(s.log.format, LogFormat::Json);
     assert_eq!(s.keys, keys(&[("MyKey", "my-secret")]));
@@ -745,6 +844,8 @@ fn cli_parses_every_flag() {
         "--log-format",
         "json",
         "--disable-rtc-v1",
+        "--media-threads",
+        "4",
     ]);
     assert!(c.dev);
     assert_eq!(
@@ -758,6 +859,7 @@ fn cli_parses_every_flag() {
     assert_eq!(c.node_ips, vec![ip("192.0.2.1"), ip("192.0.2.2")]);
     assert_eq!(c.log_format, Some(LogFormat::Json));
     assert!(c.disable_rtc_v1);
+    assert_eq!(c.media_threads, Some(4));
     assert!(Cli::try_parse_from(["switchboard", "--log-format", "xml"]).is_err());
 }
 
