@@ -72,6 +72,7 @@ fn run(settings: Settings) -> anyhow::Result<()> {
     let sfu = switchboard_sfu::start(switchboard_sfu::SfuConfig {
         bind: rtc_addr,
         candidate_ips: ips.clone(),
+        media_threads: settings.rtc.media_threads,
     })?;
     let http_addr = SocketAddr::new(settings.http.bind, settings.http.port);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -87,8 +88,9 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         println!("switchboard {} listening", env!("CARGO_PKG_VERSION"));
         println!("  signalling  {ws_url}  (HTTP/WebSocket on {http_addr})");
         println!(
-            "  media       UDP {rtc_addr}, ICE candidates {}",
-            ips_text.join(", ")
+            "  media       UDP {rtc_addr}, ICE candidates {}, {} media thread(s)",
+            ips_text.join(", "),
+            settings.rtc.media_threads
         );
         let m = &settings.matrixrtc;
         if m.enabled {

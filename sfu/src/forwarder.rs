@@ -6,11 +6,13 @@
 
 use std::time::Instant;
 
+use crate::layer::Layer;
+
 /// What the forwarder needs to know of one incoming packet.
 #[derive(Debug, Clone, Copy)]
 pub struct LayerPacket {
-    /// Simulcast spatial layer index (0 = lowest); 0 for non-simulcast tracks.
-    pub layer: u8,
+    /// Simulcast spatial layer; `Low` for non-simulcast tracks.
+    pub layer: Layer,
     /// Extended (rollover-free) incoming sequence number.
     pub seq: u64,
     /// Incoming RTP timestamp (clock of the codec).
@@ -47,7 +49,7 @@ pub struct Forwarder {
     video: bool,
     clock_rate: u32,
     /// Layer currently forwarded, `None` before the first packet (or after a reset).
-    current: Option<u8>,
+    current: Option<Layer>,
     /// Incoming seq that maps to `out_base`.
     in_base: u64,
     out_base: u64,
@@ -88,7 +90,7 @@ impl Forwarder {
     }
 
     /// The layer being forwarded, if any.
-    pub fn current_layer(&self) -> Option<u8> {
+    pub fn current_layer(&self) -> Option<Layer> {
         self.current
     }
 
@@ -100,7 +102,7 @@ impl Forwarder {
 
     /// Decides whether to forward `p` given the layer the track wants forwarded now (`target`),
     /// and returns the rewritten header fields if so.
-    pub fn forward(&mut self, p: LayerPacket, target: u8) -> Option<ForwardedHeader> {
+    pub fn forward(&mut self, p: LayerPacket, target: Layer) -> Option<ForwardedHeader> {
         let switch = match self.current {
             // Audio or a single-layer track: switch on anything when not started.
             None if !self.video => true,
@@ -150,7 +152,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn pkt(layer: u8, seq: u64, ts: u32, keyframe: bool, at: Instant) -> LayerPacket {
+    fn pkt(layer: Layer, seq: u64, ts: u32, keyframe: bool, at: Instant) -> LayerPacket {
         LayerPacket {
             layer,
             seq,
@@ -164,39 +166,72 @@ mod tests {
     fn video_waits_for_keyframe_before_forwarding() {
         let t = Instant::now();
         let mut f = Forwarder::new(true, 90_000, 100);
-        assert_eq!(f.forward(pkt(0, 5000, 10, false, t), 0), None);
-        let h = f.forward(pkt(0, 5001, 20, true, t), 0).unwrap();
+        assert_eq!(
+            f.forward(pkt(Layer::Low, 5000, 10, false, t), Layer::Low),
+            None
+        );
+        let h = f
+            .forward(pkt(Layer::Low, 5001, 20, true, t), Layer::Low)
+            .unwrap();
         assert_eq!(h.seq, 100);
-        assert_eq!(f.forward(pkt(0, 5002, 20, false, t), 0).unwrap().seq, 101);
+        assert_eq!(
+            f.forward(pkt(Layer::Low, 5002, 20, false, t), Layer::Low)
+                .unwrap()
+                .seq,
+            101
+        );
     }
 
     #[test]
     fn sequence_numbers_keep_upstream_gaps_only() {
         let t = Instant::now();
         let mut f = Forwarder::new(false, 48_000, 10);
-        assert_eq!(f.forward(pkt(0, 70_000, 0, false, t), 0).unwrap().seq, 10);
-        assert_eq!(f.forward(pkt(0, 70_002, 960, false, t), 0).unwrap().seq, 12);
+        assert_eq!(
+            f.forward(pkt(Layer::Low, 70_000, 0, false, t), Layer::Low)
+                .unwrap()
+                .seq,
+            10
+        );
+        assert_eq!(
+            f.forward(pkt(Layer::Low, 70_002, 960, false, t), Layer::Low)
+                .unwrap()
+                .seq,
+            12
+        );
     }
 
     #[test]
     fn layer_switch_waits_for_keyframe_and_stays_contiguous() {
         let t = Instant::now();
         let mut f = Forwarder::new(true, 90_000, 1);
-        f.forward(pkt(0, 100, 1000, true, t), 0).unwrap();
-        let last = f.forward(pkt(0, 101, 1000, false, t), 0).unwrap();
+        f.forward(pkt(Layer::Low, 100, 1000, true, t), Layer::Low)
+            .unwrap();
+        let last = f
+            .forward(pkt(Layer::Low, 101, 1000, false, t), Layer::Low)
+            .unwrap();
         // Target moves to layer 2; a delta frame of layer 2 is not forwarded, layer 0 goes on.
-        assert_eq!(f.forward(pkt(2, 9000, 555_000, false, t), 2), None);
-        assert!(f.forward(pkt(0, 102, 4000, false, t), 2).is_some());
+        assert_eq!(
+            f.forward(pkt(Layer::High, 9000, 555_000, false, t), Layer::High),
+            None
+        );
+        assert!(f
+            .forward(pkt(Layer::Low, 102, 4000, false, t), Layer::High)
+            .is_some());
         // Keyframe on layer 2: switch.
         let later = t + Duration::from_millis(33);
-        let h = f.forward(pkt(2, 9001, 555_000, true, later), 2).unwrap();
+        let h = f
+            .forward(pkt(Layer::High, 9001, 555_000, true, later), Layer::High)
+            .unwrap();
         assert_eq!(h.seq, last.seq + 2);
         assert_eq!(h.ts, 4000u32.wrapping_add(90 * 33));
-        assert_eq!(f.current_layer(), Some(2));
+        assert_eq!(f.current_layer(), Some(Layer::High));
         // The old layer is no longer forwarded.
-        assert_eq!(f.forward(pkt(0, 103, 7000, false, later), 2), None);
         assert_eq!(
-            f.forward(pkt(2, 9002, 558_000, false, later), 2)
+            f.forward(pkt(Layer::Low, 103, 7000, false, later), Layer::High),
+            None
+        );
+        assert_eq!(
+            f.forward(pkt(Layer::High, 9002, 558_000, false, later), Layer::High)
                 .unwrap()
                 .seq,
             h.seq + 1
@@ -207,11 +242,14 @@ mod tests {
     fn continuing_forwarder_picks_up_where_the_last_one_stopped() {
         let t = Instant::now();
         let mut a = Forwarder::new(false, 48_000, 500);
-        a.forward(pkt(0, 10, 1000, false, t), 0).unwrap();
+        a.forward(pkt(Layer::Low, 10, 1000, false, t), Layer::Low)
+            .unwrap();
         let last = a.state().unwrap();
         let later = t + Duration::from_millis(100);
         let mut b = Forwarder::continuing(false, 48_000, last);
-        let h = b.forward(pkt(0, 77_777, 123, false, later), 0).unwrap();
+        let h = b
+            .forward(pkt(Layer::Low, 77_777, 123, false, later), Layer::Low)
+            .unwrap();
         assert_eq!(h.seq, last.seq + 1);
         assert_eq!(h.ts, 1000 + 4800);
     }
@@ -220,8 +258,11 @@ mod tests {
     fn timestamps_wrap_without_panic() {
         let t = Instant::now();
         let mut f = Forwarder::new(false, 48_000, 1);
-        f.forward(pkt(0, 1, u32::MAX - 10, false, t), 0).unwrap();
-        let h = f.forward(pkt(0, 2, 949, false, t), 0).unwrap();
+        f.forward(pkt(Layer::Low, 1, u32::MAX - 10, false, t), Layer::Low)
+            .unwrap();
+        let h = f
+            .forward(pkt(Layer::Low, 2, 949, false, t), Layer::Low)
+            .unwrap();
         assert_eq!(h.ts, 949);
     }
 
@@ -229,10 +270,13 @@ mod tests {
     fn reset_makes_video_wait_for_next_keyframe() {
         let t = Instant::now();
         let mut f = Forwarder::new(true, 90_000, 1);
-        f.forward(pkt(0, 1, 0, true, t), 0).unwrap();
+        f.forward(pkt(Layer::Low, 1, 0, true, t), Layer::Low)
+            .unwrap();
         f.reset();
-        assert_eq!(f.forward(pkt(0, 2, 0, false, t), 0), None);
-        let h = f.forward(pkt(0, 3, 3000, true, t), 0).unwrap();
+        assert_eq!(f.forward(pkt(Layer::Low, 2, 0, false, t), Layer::Low), None);
+        let h = f
+            .forward(pkt(Layer::Low, 3, 3000, true, t), Layer::Low)
+            .unwrap();
         assert_eq!(h.seq, 2);
     }
 }

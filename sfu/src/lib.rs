@@ -6,17 +6,28 @@
 //! hand it a [`DataRouter`] per participant for the one wire format that must be read on the
 //! media thread (data-channel messages).
 //!
-//! Shape: one media thread owns the UDP socket and every session; the packet path takes no lock,
-//! makes no channel hop and does not allocate in our code (str0m hands payloads as shared
-//! buffers).
+//! Shape: rooms are the unit. Each of `media_threads` threads runs a sans-IO [`MediaCore`]
+//! (`core/`: time is an argument, no socket) over its own rooms inside a thin driver
+//! (`driver/`: tokio, `recvmmsg`/`sendmmsg`); a room lives on one thread, new rooms go to the
+//! least-loaded one, and one UDP port serves them all (a dispatcher thread routes datagrams
+//! when there are several). Within a room (`room.rs`): tracks (`track.rs`), subscriptions
+//! (`subscription.rs`), the per-subscription RTP rewriter (`forwarder.rs`); the WebRTC library
+//! stays behind `session.rs`. The packet path takes no lock, makes no channel hop and does not
+//! allocate in our code (str0m hands payloads as shared buffers).
 
 mod codec;
-mod engine;
+pub mod core;
+mod driver;
 mod forwarder;
 mod ids;
+mod layer;
 mod metrics;
+mod placement;
+mod room;
 mod sdp_munge;
 mod session;
+mod subscription;
+mod track;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -24,9 +35,11 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 pub use codec::{is_keyframe_start, MediaCodec};
+pub use core::MediaCore;
 pub use forwarder::{ForwardedHeader, ForwardedState, Forwarder, LayerPacket};
 pub use ids::{ParticipantId, TrackId};
-pub use metrics::SfuMetrics;
+pub use layer::{Layer, PerLayer};
+pub use metrics::{DispatchLoad, SfuMetrics, ThreadLoad};
 
 /// Settings of the media plane, taken from the `[rtc]` configuration section.
 #[derive(Debug, Clone)]
@@ -35,6 +48,8 @@ pub struct SfuConfig {
     pub bind: SocketAddr,
     /// Addresses written into ICE host candidates. Each gets the socket's port.
     pub candidate_ips: Vec<IpAddr>,
+    /// Media threads, each running its own core over its own rooms (at least 1).
+    pub media_threads: usize,
 }
 
 /// Errors of the media plane's public API.
@@ -48,6 +63,12 @@ pub enum SfuError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// A media thread (or its runtime, or the dispatcher) could not start.
+    #[error("cannot start the media plane: {reason}")]
+    Start {
+        /// What failed.
+        reason: String,
+    },
     /// The media thread has stopped; no further commands are accepted.
     #[error("media thread is not running")]
     Stopped,
@@ -56,7 +77,7 @@ pub enum SfuError {
 /// Which of a participant's peer connections a message concerns. With LiveKit's two-PC mode
 /// (`/rtc`), the client offers on the publisher PC and the server offers on the subscriber PC.
 /// In single-PC mode there is only `Publisher`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PeerRole {
     /// The PC the client offers on (it publishes media and data on it).
     Publisher,
@@ -221,60 +242,95 @@ impl std::fmt::Debug for JoinParams {
     }
 }
 
-/// Commands to the media thread. Each is answered, if at all, by [`SfuEvent`]s.
+/// Commands to a media core ([`SfuHandle`] sends them to the participant's media thread; a
+/// core driven directly takes them in [`MediaCore::handle_command`]). Each is answered, if at
+/// all, by [`SfuEvent`]s. Commands for a participant the core does not know are ignored.
 #[derive(Debug)]
-pub(crate) enum Command {
+pub enum Command {
+    /// See [`SfuHandle::join`].
     Join(JoinParams),
+    /// See [`SfuHandle::offer`].
     Offer {
+        /// Who offers.
         participant: ParticipantId,
+        /// SDP text.
         sdp: String,
+        /// Announced tracks the offer may carry.
         pending: Vec<PendingTrack>,
     },
+    /// See [`SfuHandle::answer`].
     Answer {
+        /// Who answers.
         participant: ParticipantId,
+        /// SDP text.
         sdp: String,
     },
+    /// See [`SfuHandle::candidate`].
     Candidate {
+        /// Whose candidate.
         participant: ParticipantId,
+        /// Which PC.
         role: PeerRole,
+        /// `candidate:…` attribute value.
         candidate: String,
     },
+    /// See [`SfuHandle::subscribe`].
     Subscribe {
+        /// The subscriber.
         participant: ParticipantId,
+        /// A track of the subscriber's room.
         track: TrackId,
+        /// msid stream id.
         stream_id: String,
+        /// msid track id.
         track_label: String,
     },
+    /// See [`SfuHandle::unsubscribe`].
     Unsubscribe {
+        /// The subscriber.
         participant: ParticipantId,
+        /// The track.
         track: TrackId,
     },
+    /// See [`SfuHandle::set_paused`].
     SetPaused {
+        /// The subscriber.
         participant: ParticipantId,
+        /// The track.
         track: TrackId,
+        /// Paused or not.
         paused: bool,
     },
+    /// See [`SfuHandle::set_max_layer`].
     SetMaxLayer {
+        /// The subscriber.
         participant: ParticipantId,
+        /// The track.
         track: TrackId,
-        layer: u8,
+        /// The highest layer wanted.
+        layer: Layer,
     },
+    /// See [`SfuHandle::leave`].
     Leave {
+        /// Who leaves.
         participant: ParticipantId,
     },
 }
 
-/// Cheap, cloneable handle to the media thread.
+/// Cheap, cloneable handle to the media threads: routes each command to the thread whose core
+/// holds the participant's room.
 #[derive(Clone, Debug)]
 pub struct SfuHandle {
-    tx: mpsc::UnboundedSender<Command>,
+    placement: Arc<placement::Placement>,
     metrics: Arc<SfuMetrics>,
     local_addr: SocketAddr,
 }
 
-/// Starts the media thread on its own OS thread and returns the handle to drive it.
+/// Binds the media UDP socket and starts the media threads (and, with more than one, the
+/// dispatcher that serves them all from the one port). Returns once every thread runs.
 ///
-/// Errors: [`SfuError::Bind`] when the UDP socket cannot be bound.
+/// Errors: [`SfuError::Bind`] when the UDP socket cannot be bound; [`SfuError::Start`] when a
+/// media thread cannot start.
 pub fn start(config: SfuConfig) -> Result<SfuHandle, SfuError> {
     let socket = std::net::UdpSocket::bind(config.bind).map_err(|source| SfuError::Bind {
         addr: config.bind,
@@ -290,24 +346,24 @@ pub fn start(config: SfuConfig) -> Result<SfuHandle, SfuError> {
             addr: config.bind,
             source,
         })?;
-    let metrics = Arc::new(SfuMetrics::default());
-    let (tx, rx) = mpsc::unbounded_channel();
+    let threads = config.media_threads.max(1);
+    let metrics = Arc::new(SfuMetrics::new(threads));
     let candidates = config
         .candidate_ips
         .iter()
         .map(|ip| SocketAddr::new(*ip, local_addr.port()))
         .collect();
-    engine::spawn(socket, candidates, rx, metrics.clone());
+    let senders = driver::start(socket, candidates, threads, metrics.clone())?;
     Ok(SfuHandle {
-        tx,
+        placement: Arc::new(placement::Placement::new(senders)),
         metrics,
         local_addr,
     })
 }
 
 impl SfuHandle {
-    fn send(&self, cmd: Command) -> Result<(), SfuError> {
-        self.tx.send(cmd).map_err(|_| SfuError::Stopped)
+    fn send(&self, participant: ParticipantId, cmd: Command) -> Result<(), SfuError> {
+        self.placement.send(participant, cmd)
     }
 
     /// Counters and gauges of the media plane.
@@ -320,9 +376,20 @@ impl SfuHandle {
         self.local_addr
     }
 
-    /// Adds a participant to a room. With [`PcLayout::Dual`], an [`SfuEvent::Offer`] follows.
+    /// Number of media threads.
+    pub fn media_threads(&self) -> usize {
+        self.placement.threads()
+    }
+
+    /// The media thread a room lives on, if it has participants.
+    pub fn thread_of_room(&self, room: &str) -> Option<usize> {
+        self.placement.thread_of_room(room)
+    }
+
+    /// Adds a participant to a room (on the room's media thread; a new room goes to the
+    /// least-loaded thread). With [`PcLayout::Dual`], an [`SfuEvent::Offer`] follows.
     pub fn join(&self, params: JoinParams) -> Result<(), SfuError> {
-        self.send(Command::Join(params))
+        self.placement.join(params)
     }
 
     /// Applies a client offer on the publisher PC; answered by [`SfuEvent::Answer`] or
@@ -333,16 +400,19 @@ impl SfuHandle {
         sdp: String,
         pending: Vec<PendingTrack>,
     ) -> Result<(), SfuError> {
-        self.send(Command::Offer {
+        self.send(
             participant,
-            sdp,
-            pending,
-        })
+            Command::Offer {
+                participant,
+                sdp,
+                pending,
+            },
+        )
     }
 
     /// Applies the client's answer to the last subscriber offer.
     pub fn answer(&self, participant: ParticipantId, sdp: String) -> Result<(), SfuError> {
-        self.send(Command::Answer { participant, sdp })
+        self.send(participant, Command::Answer { participant, sdp })
     }
 
     /// Adds a trickled remote ICE candidate (`candidate:…` SDP attribute value).
@@ -352,15 +422,20 @@ impl SfuHandle {
         role: PeerRole,
         candidate: String,
     ) -> Result<(), SfuError> {
-        self.send(Command::Candidate {
+        self.send(
             participant,
-            role,
-            candidate,
-        })
+            Command::Candidate {
+                participant,
+                role,
+                candidate,
+            },
+        )
     }
 
-    /// Subscribes a participant to a track; its subscriber PC gets a media section whose msid is
-    /// `stream_id track_label`, and a new [`SfuEvent::Offer`] follows.
+    /// Subscribes a participant to a track of its own room (a track of another room is
+    /// refused and counted); its downstream PC gets a media section whose msid is
+    /// `stream_id track_label`, and a new [`SfuEvent::Offer`] (or, on a single PC,
+    /// [`SfuEvent::NeedOffer`]) follows.
     pub fn subscribe(
         &self,
         participant: ParticipantId,
@@ -368,17 +443,20 @@ impl SfuHandle {
         stream_id: String,
         track_label: String,
     ) -> Result<(), SfuError> {
-        self.send(Command::Subscribe {
+        self.send(
             participant,
-            track,
-            stream_id,
-            track_label,
-        })
+            Command::Subscribe {
+                participant,
+                track,
+                stream_id,
+                track_label,
+            },
+        )
     }
 
     /// Ends a subscription (its media section goes inactive after the next offer).
     pub fn unsubscribe(&self, participant: ParticipantId, track: TrackId) -> Result<(), SfuError> {
-        self.send(Command::Unsubscribe { participant, track })
+        self.send(participant, Command::Unsubscribe { participant, track })
     }
 
     /// Pauses or resumes forwarding of one subscription (LiveKit `UpdateTrackSettings.disabled`).
@@ -389,32 +467,38 @@ impl SfuHandle {
         track: TrackId,
         paused: bool,
     ) -> Result<(), SfuError> {
-        self.send(Command::SetPaused {
+        self.send(
             participant,
-            track,
-            paused,
-        })
+            Command::SetPaused {
+                participant,
+                track,
+                paused,
+            },
+        )
     }
 
-    /// Caps the simulcast layer one subscription receives (0 = lowest, 2 = highest; LiveKit
-    /// `UpdateTrackSettings.quality` / `width` × `height`). The subscriber gets the highest
-    /// layer the publisher sends that is at or below the cap, or the lowest sent above it;
-    /// a switch waits for a keyframe of the new layer (a PLI asks for one).
+    /// Caps the simulcast layer one subscription receives (LiveKit `UpdateTrackSettings.quality`
+    /// / `width` × `height`). The subscriber gets the highest layer the publisher sends that is
+    /// at or below the cap, or the lowest sent above it; a switch waits for a keyframe of the
+    /// new layer (a PLI asks for one).
     pub fn set_max_layer(
         &self,
         participant: ParticipantId,
         track: TrackId,
-        layer: u8,
+        layer: Layer,
     ) -> Result<(), SfuError> {
-        self.send(Command::SetMaxLayer {
+        self.send(
             participant,
-            track,
-            layer,
-        })
+            Command::SetMaxLayer {
+                participant,
+                track,
+                layer,
+            },
+        )
     }
 
     /// Removes a participant: its sessions close, its tracks end for every subscriber.
     pub fn leave(&self, participant: ParticipantId) -> Result<(), SfuError> {
-        self.send(Command::Leave { participant })
+        self.placement.leave(participant)
     }
 }

@@ -1,5 +1,6 @@
 //! Counters and gauges of the media plane, read by the `/metrics` endpoint. Relaxed atomics:
-//! written on the media thread, read elsewhere; exactness across counters is not needed.
+//! each media thread adds what changed once per wake-up (not per packet), read elsewhere;
+//! exactness across counters is not needed.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -27,15 +28,47 @@ pub struct SfuMetrics {
     pub data_dropped: AtomicU64,
     /// Sessions ended because their WebRTC state panicked (contained).
     pub session_panics: AtomicU64,
+    /// Subscriptions refused because the track is not in the subscriber's room.
+    pub subscriptions_refused: AtomicU64,
+    /// Load of each media thread, by index.
+    pub threads: Vec<ThreadLoad>,
+    /// The single-port dispatcher (with more than one media thread).
+    pub dispatcher: DispatchLoad,
+}
+
+/// Load of one media thread (values since it started).
+#[derive(Debug, Default)]
+pub struct ThreadLoad {
+    /// Rooms living on the thread.
+    pub rooms: AtomicI64,
+    /// Participants of those rooms.
+    pub participants: AtomicI64,
+    /// Datagrams the thread's core handled.
+    pub datagrams: AtomicU64,
+    /// RTP packets it forwarded.
+    pub rtp_forwarded: AtomicU64,
+    /// Time it spent working rather than waiting, in microseconds.
+    pub busy_us: AtomicU64,
+}
+
+/// Load of the single-port dispatcher (values since it started; zero with one media thread).
+#[derive(Debug, Default)]
+pub struct DispatchLoad {
+    /// Datagrams handed to a media thread.
+    pub datagrams: AtomicU64,
+    /// Datagrams dropped: for no known session, or the thread's queue was full.
+    pub dropped: AtomicU64,
+    /// Time it spent working rather than waiting, in microseconds.
+    pub busy_us: AtomicU64,
 }
 
 impl SfuMetrics {
-    pub(crate) fn add(gauge: &AtomicI64, delta: i64) {
-        gauge.fetch_add(delta, Ordering::Relaxed);
-    }
-
-    pub(crate) fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Metrics for a media plane of `threads` media threads.
+    pub fn new(threads: usize) -> Self {
+        Self {
+            threads: (0..threads).map(|_| ThreadLoad::default()).collect(),
+            ..Self::default()
+        }
     }
 
     /// Reads a gauge.

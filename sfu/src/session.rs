@@ -1,104 +1,218 @@
-//! The seam to the WebRTC library: one [`Session`] is one str0m `Rtc` (one peer connection of a
-//! participant) plus what the engine keeps beside it. Every call into str0m goes through
-//! [`Session::guard`], which contains a panic to this session (str0m panics on broken internal
-//! invariants by design).
+//! The seam to the WebRTC library: one [`Session`] is one peer connection of a participant (a
+//! str0m `Rtc`: ICE-lite, DTLS-SRTP, RTP mode, SCTP data channels). Every str0m type stays in
+//! this file; the rest of the crate sees [`Section`], [`Codec`], [`SessionEvent`] and methods.
+//! Every call into str0m is guarded: a panic (str0m panics on broken internal invariants by
+//! design) becomes [`SessionPanicked`] and the caller ends the participant.
+//!
+//! Time is an argument everywhere (`now`); nothing here reads the clock.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::Instant;
 
-use str0m::change::SdpPendingOffer;
-use str0m::channel::ChannelId;
-use str0m::media::Mid;
-use str0m::rtp::Ssrc;
-use str0m::{Candidate, Rtc, RtcConfig};
+use rustc_hash::FxHashMap;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::format::PayloadParams;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::rtp::{RtpWrite, Ssrc};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
-use crate::forwarder::ForwardedState;
-use crate::sdp_munge::RecvSlot;
-use crate::{DataKind, ParticipantId, PeerRole, PendingTrack, TrackId};
+use crate::codec::MediaCodec;
+use crate::core::Datagram;
+use crate::layer::Layer;
+use crate::{DataKind, TrackId};
 
 /// Largest data-channel message accepted and sent (bytes). livekit-client caps a single
 /// `DataPacket` well below this; data streams chunk larger payloads.
-pub(crate) const SCTP_MAX_MESSAGE_BYTES: u32 = 256 * 1024;
+const SCTP_MAX_MESSAGE_BYTES: u32 = 256 * 1024;
 /// SCTP send buffer per session (bytes written but not yet acknowledged by the peer).
-pub(crate) const SCTP_SEND_BUFFER_BYTES: usize = 1024 * 1024;
+const SCTP_SEND_BUFFER_BYTES: usize = 1024 * 1024;
 /// Reliable data queued per session beyond the SCTP buffer before messages are dropped (bytes).
-pub(crate) const MAX_DATA_BACKLOG_BYTES: usize = 4 * 1024 * 1024;
+const MAX_DATA_BACKLOG_BYTES: usize = 4 * 1024 * 1024;
 
-/// Process-unique key of a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct SessionKey(pub u64);
+/// A media section of a peer connection (its SDP `mid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Section(Mid);
 
-/// A change to the subscriber PC waiting for the current offer/answer round to end.
+impl Section {
+    /// The section named `mid` in an SDP the client sent.
+    pub fn parse(mid: &str) -> Self {
+        Self(Mid::from(mid))
+    }
+}
+
+impl std::fmt::Display for Section {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A codec negotiated on a publisher's peer connection (payload type and parameters).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Codec(PayloadParams);
+
+impl Codec {
+    /// Which codec it is, for keyframe detection and `TrackInfo.mime_type`.
+    pub fn media_codec(&self) -> MediaCodec {
+        MediaCodec::from_str0m(self.0.spec().codec)
+    }
+
+    /// The publisher's payload type (RTP header `PT`).
+    pub fn payload_type(&self) -> u8 {
+        *self.0.pt()
+    }
+}
+
+/// The subscriber payload type a publisher payload type maps to, kept by each subscription so
+/// the lookup happens once per change of publisher PT, not per packet.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PtMapping(Option<(Pt, Pt)>);
+
+/// Kind of keyframe request (RFC 4585 §6.3.1 PLI, RFC 5104 §3.5.1 FIR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyframeKind {
+    /// Picture Loss Indication.
+    Pli,
+    /// Full Intra Request.
+    Fir,
+}
+
+/// One publisher RTP packet, decrypted, with the track and layer it belongs to.
 #[derive(Debug)]
-pub(crate) enum QueuedChange {
+pub(crate) struct RtpIn {
+    pub track: TrackId,
+    pub layer: Layer,
+    /// RTP payload type (look the codec up with [`Session::codec_of`]).
+    pub pt: u8,
+    /// Extended (rollover-free) sequence number.
+    pub seq: u64,
+    /// RTP timestamp.
+    pub ts: u32,
+    pub marker: bool,
+    /// The payload, shared with every forwarded copy (never copied, never changed).
+    pub payload: Arc<[u8]>,
+}
+
+/// What a session reports when polled, besides datagrams to send.
+#[derive(Debug)]
+pub(crate) enum SessionEvent {
+    /// An RTP packet of a bound section.
+    Rtp(RtpIn),
+    /// ICE and DTLS completed.
+    Connected,
+    /// ICE lost every candidate pair (consent lost, or an ICE restart under way).
+    IceDisconnected,
+    /// ICE has a working pair again.
+    IceRestored,
+    /// The remote offered a new section it sends on (`video` or audio).
+    MediaAdded { section: Section, video: bool },
+    /// A section the remote sent on no longer sends (renegotiated inactive or removed).
+    MediaStopped { section: Section },
+    /// The remote asks for a keyframe on a section we send on.
+    KeyframeRequest {
+        section: Section,
+        kind: KeyframeKind,
+    },
+    /// A data-channel message on one of LiveKit's channels.
+    Data { kind: DataKind, payload: Vec<u8> },
+    /// The peer connection closed (DTLS close_notify or SCTP shutdown).
+    Closed,
+}
+
+/// What [`Session::poll`] gives.
+#[derive(Debug)]
+pub(crate) enum Polled {
+    Transmit(Datagram),
+    Event(SessionEvent),
+    /// Nothing more until this time (or new input).
+    Timeout(Instant),
+}
+
+/// The str0m panic that ended a session.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("webrtc session panicked")]
+pub(crate) struct SessionPanicked;
+
+/// Why SDP, a candidate or polling failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    /// The SDP text does not parse.
+    #[error("bad {what} SDP: {reason}")]
+    BadSdp { what: &'static str, reason: String },
+    /// The SDP parses but cannot be applied.
+    #[error("{what} rejected: {reason}")]
+    Rejected { what: &'static str, reason: String },
+    /// An answer arrived with no offer outstanding.
+    #[error("answer without an outstanding offer")]
+    NoOffer,
+    /// The ICE candidate does not parse.
+    #[error("bad ICE candidate: {0}")]
+    BadCandidate(String),
+    /// The WebRTC state reported an error while being polled.
+    #[error("webrtc error: {0}")]
+    Webrtc(String),
+    /// See [`SessionPanicked`].
+    #[error(transparent)]
+    Panicked(#[from] SessionPanicked),
+}
+
+/// A change to a server-offered peer connection (the `/rtc` subscriber PC).
+#[derive(Debug)]
+pub(crate) enum SectionChange {
+    /// A new `sendonly` section carrying `track`, msid `stream_id track_label`.
     Add {
         track: TrackId,
         video: bool,
         stream_id: String,
         track_label: String,
     },
-    Remove {
-        mid: Mid,
-    },
+    /// A section goes `inactive`.
+    Remove { section: Section },
 }
 
-/// The str0m panic that ended a session.
-#[derive(Debug)]
-pub(crate) struct SessionPanicked;
+/// A server offer: its SDP and the section each added track got.
+pub(crate) type ServerOffer = (String, Vec<(Section, TrackId)>);
 
+/// What a publisher section is bound to.
+#[derive(Debug)]
+struct Binding {
+    track: TrackId,
+    /// Simulcast rids, lowest quality first.
+    rids: Vec<String>,
+}
+
+/// One peer connection. See the module docs.
 pub(crate) struct Session {
-    pub rtc: Rtc,
-    pub participant: ParticipantId,
-    pub role: PeerRole,
-    pub ufrag: String,
-    pub addrs: Vec<SocketAddr>,
-    pub next_timeout: Instant,
-    pub connected: bool,
-    /// When ICE last reported `Disconnected` without having recovered since (an ICE restart
-    /// passes through it; see `ICE_RECOVERY_GRACE`).
-    pub ice_lost_at: Option<Instant>,
-    /// Publisher side: incoming SSRC → (track, simulcast layer).
-    pub ssrc_map: HashMap<Ssrc, (TrackId, u8)>,
-    /// Publisher side: media section → track.
-    pub mid_tracks: HashMap<Mid, TrackId>,
-    /// Publisher side: tracks announced but not yet bound to a media section.
-    pub pending: Vec<PendingTrack>,
-    /// Subscriber side: the offer waiting for the client's answer.
-    pub pending_offer: Option<SdpPendingOffer>,
-    pub queued: Vec<QueuedChange>,
-    /// Subscriber side: media section → subscribed track.
-    pub mid_subs: HashMap<Mid, TrackId>,
+    rtc: Rtc,
+    ufrag: String,
+    /// Remote addresses learnt from STUN (for the demultiplexer's cleanup).
+    addrs: Vec<SocketAddr>,
+    /// When str0m next wants `handle_timeout`.
+    next_timeout: Instant,
+    /// When ICE last reported `Disconnected` without having recovered since.
+    ice_lost_at: Option<Instant>,
+    /// Publisher sections bound to tracks, and incoming SSRC → (track, layer) (cached).
+    bound: FxHashMap<Mid, Binding>,
+    ssrc_map: FxHashMap<Ssrc, (TrackId, Layer)>,
+    /// Offer sent and waiting for the client's answer (server-offered PCs).
+    pending_offer: Option<SdpPendingOffer>,
     /// Data channels by id, and the open channel per kind.
-    pub channels: HashMap<ChannelId, DataKind>,
-    pub reliable: Option<ChannelId>,
-    pub lossy: Option<ChannelId>,
-    /// Single-PC layout: the client's receive-only sections in its last offer.
-    pub recv_slots: Vec<RecvSlot>,
-    /// Single-PC layout: receive-only sections asked for and not yet seen, (audio, video).
-    pub requested: (u32, u32),
-    /// Single-PC layout: a re-offer was asked for and has not arrived yet.
-    pub reoffer_requested: bool,
-    /// This session carries both directions (single-PC layout).
-    pub single: bool,
+    channels: HashMap<ChannelId, DataKind>,
+    reliable: Option<ChannelId>,
+    lossy: Option<ChannelId>,
     /// Reliable data waiting for SCTP buffer space, oldest first, and its size in bytes.
-    pub data_backlog: VecDeque<(ChannelId, Vec<u8>)>,
-    pub data_backlog_bytes: usize,
-    /// Single-PC layout: where the outgoing stream of a section stopped when its subscription
-    /// ended, so a later track on the same section (same SSRC) continues it.
-    pub mid_state: HashMap<Mid, ForwardedState>,
+    data_backlog: VecDeque<(ChannelId, Vec<u8>)>,
+    data_backlog_bytes: usize,
 }
 
 impl Session {
-    /// Builds the `Rtc` for one peer connection: ICE-lite, RTP mode, Opus + VP8 + H.264
-    /// (Constrained Baseline first), host candidates on the shared media port.
-    pub fn new(
-        participant: ParticipantId,
-        role: PeerRole,
-        candidates: &[SocketAddr],
-        now: Instant,
-    ) -> Self {
+    /// A peer connection with host candidates on the shared media port: ICE-lite, RTP
+    /// mode, Opus + VP8 + H.264 (Constrained Baseline first).
+    pub fn new(candidates: &[SocketAddr], now: Instant) -> Self {
         let mut cfg: RtcConfig = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
@@ -131,43 +245,537 @@ impl Session {
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         Self {
             rtc,
-            participant,
-            role,
             ufrag,
             addrs: Vec::new(),
             next_timeout: now,
-            connected: false,
             ice_lost_at: None,
-            ssrc_map: HashMap::new(),
-            mid_tracks: HashMap::new(),
-            pending: Vec::new(),
+            bound: FxHashMap::default(),
+            ssrc_map: FxHashMap::default(),
             pending_offer: None,
-            queued: Vec::new(),
-            mid_subs: HashMap::new(),
             channels: HashMap::new(),
             reliable: None,
             lossy: None,
-            recv_slots: Vec::new(),
-            requested: (0, 0),
-            reoffer_requested: false,
-            single: false,
-            mid_state: HashMap::new(),
             data_backlog: VecDeque::new(),
             data_backlog_bytes: 0,
         }
     }
 
-    /// Runs `f` on the `Rtc`, turning a panic into [`SessionPanicked`]. After a panic the `Rtc`
-    /// must not be used again; the engine drops the session.
-    pub fn guard<R>(&mut self, f: impl FnOnce(&mut Rtc) -> R) -> Result<R, SessionPanicked> {
+    /// The local ICE ufrag (STUN from the client carries it in USERNAME).
+    pub fn ufrag(&self) -> &str {
+        &self.ufrag
+    }
+
+    /// Remote addresses this session was reached from.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Notes a remote address (learnt from STUN).
+    pub fn add_addr(&mut self, addr: SocketAddr) {
+        if !self.addrs.contains(&addr) {
+            self.addrs.push(addr);
+        }
+    }
+
+    /// When the session next needs [`Session::handle_timeout`].
+    pub fn next_timeout(&self) -> Instant {
+        self.next_timeout
+    }
+
+    /// Since when ICE has been disconnected without recovering, if it is.
+    pub fn ice_lost_since(&self) -> Option<Instant> {
+        self.ice_lost_at
+    }
+
+    /// Feeds one datagram (STUN, DTLS, SRTP/SRTCP). `Ok(false)`: not understood, dropped.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> Result<bool, SessionPanicked> {
+        let Ok(contents) = DatagramRecv::try_from(data) else {
+            return Ok(false);
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        match self.guard(|rtc| rtc.handle_input(input))? {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::trace!(error = %e, "datagram rejected by session");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Advances the session's timers to `now`.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionPanicked> {
+        if let Err(e) = self.guard(|rtc| rtc.handle_input(Input::Timeout(now)))? {
+            tracing::debug!(error = %e, "session timeout handling failed");
+        }
+        Ok(())
+    }
+
+    /// The next datagram, event or timeout. Call until it gives [`Polled::Timeout`]. Data
+    /// channel bookkeeping (open, close, buffer low) is handled here and not reported.
+    pub fn poll(&mut self, now: Instant) -> Result<Polled, SessionError> {
+        loop {
+            let out = match self.guard(|rtc| rtc.poll_output())? {
+                Ok(out) => out,
+                Err(e) => return Err(SessionError::Webrtc(e.to_string())),
+            };
+            let event = match out {
+                Output::Timeout(t) => {
+                    self.next_timeout = t;
+                    return Ok(Polled::Timeout(t));
+                }
+                Output::Transmit(t) => {
+                    return Ok(Polled::Transmit(Datagram {
+                        source: t.source,
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    }))
+                }
+                Output::Event(e) => e,
+            };
+            if let Some(e) = self.translate(now, event)? {
+                return Ok(Polled::Event(e));
+            }
+        }
+    }
+
+    /// Whether the peer connection is still usable (not closed, no fatal error).
+    pub fn is_alive(&self) -> bool {
+        self.rtc.is_alive()
+    }
+
+    /// Closes the peer connection (DTLS close_notify goes out on the next poll).
+    pub fn disconnect(&mut self) {
+        let _ = self.guard(|rtc| rtc.disconnect());
+    }
+
+    // ------------------------------------------------------------ negotiation
+
+    /// Applies a client offer and returns the SDP answer. The local ufrag may change (ICE
+    /// restart): read [`Session::ufrag`] after.
+    pub fn accept_offer(&mut self, sdp: &str) -> Result<String, SessionError> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SessionError::BadSdp {
+            what: "offer",
+            reason: e.to_string(),
+        })?;
+        let answer = self
+            .guard(|rtc| rtc.sdp_api().accept_offer(offer))?
+            .map_err(|e| SessionError::Rejected {
+                what: "offer",
+                reason: e.to_string(),
+            })?;
+        self.refresh_ufrag()?;
+        Ok(answer.to_sdp_string())
+    }
+
+    /// Applies the client's answer to the outstanding server offer.
+    pub fn accept_answer(&mut self, sdp: &str) -> Result<(), SessionError> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| SessionError::BadSdp {
+            what: "answer",
+            reason: e.to_string(),
+        })?;
+        let pending = self.pending_offer.take().ok_or(SessionError::NoOffer)?;
+        self.guard(|rtc| rtc.sdp_api().accept_answer(pending, answer))?
+            .map_err(|e| SessionError::Rejected {
+                what: "answer",
+                reason: e.to_string(),
+            })
+    }
+
+    /// Whether a server offer waits for its answer.
+    pub fn has_pending_offer(&self) -> bool {
+        self.pending_offer.is_some()
+    }
+
+    /// The first server offer of a subscriber PC: LiveKit's `_reliable` and `_lossy` channels.
+    pub fn offer_data_channels(&mut self) -> Result<Option<String>, SessionError> {
+        let pending = &mut self.pending_offer;
+        let offered = catch_unwind(AssertUnwindSafe(|| {
+            let mut api = self.rtc.sdp_api();
+            api.add_channel("_reliable".into());
+            api.add_channel_with_config(ChannelConfig {
+                label: "_lossy".into(),
+                ordered: false,
+                reliability: Reliability::MaxRetransmits { retransmits: 0 },
+                ..Default::default()
+            });
+            api.apply()
+        }))
+        .map_err(|_| SessionPanicked)?;
+        Ok(offered.map(|(offer, p)| {
+            *pending = Some(p);
+            offer.to_sdp_string()
+        }))
+    }
+
+    /// A server offer with `changes` applied; `None` when nothing changed. Returns the SDP and
+    /// the section each added track got.
+    pub fn offer_changes(
+        &mut self,
+        changes: Vec<SectionChange>,
+    ) -> Result<Option<ServerOffer>, SessionError> {
+        let mut added = Vec::new();
+        let offered = self.guard(|rtc| {
+            let mut api = rtc.sdp_api();
+            for change in changes {
+                match change {
+                    SectionChange::Add {
+                        track,
+                        video,
+                        stream_id,
+                        track_label,
+                    } => {
+                        let kind = if video {
+                            MediaKind::Video
+                        } else {
+                            MediaKind::Audio
+                        };
+                        let mid = api.add_media(
+                            kind,
+                            Direction::SendOnly,
+                            Some(stream_id),
+                            Some(track_label),
+                            None,
+                        );
+                        added.push((Section(mid), track));
+                    }
+                    SectionChange::Remove { section } => {
+                        api.set_direction(section.0, Direction::Inactive)
+                    }
+                }
+            }
+            api.apply()
+        })?;
+        Ok(offered.map(|(offer, pending)| {
+            self.pending_offer = Some(pending);
+            (offer.to_sdp_string(), added)
+        }))
+    }
+
+    /// Adds a trickled remote candidate (`candidate:…` SDP attribute value).
+    pub fn add_remote_candidate(&mut self, candidate: &str) -> Result<(), SessionError> {
+        let c = Candidate::from_sdp_string(candidate)
+            .map_err(|e| SessionError::BadCandidate(e.to_string()))?;
+        self.guard(|rtc| rtc.add_remote_candidate(c))?;
+        Ok(())
+    }
+
+    /// The msid track id (`MediaStreamTrack.id`) of a section the remote sends on, if it is
+    /// still receiving.
+    pub fn receiving_track_id(&self, section: Section) -> Option<String> {
+        let media = self.rtc.media(section.0)?;
+        media
+            .direction()
+            .is_receiving()
+            .then(|| media.track_id().to_string())
+    }
+
+    /// Whether a publisher section is bound to a track.
+    pub fn is_bound(&self, section: Section) -> bool {
+        self.bound.contains_key(&section.0)
+    }
+
+    /// Binds a publisher section to `track` with simulcast `rids` (lowest first).
+    pub fn bind(&mut self, section: Section, track: TrackId, rids: Vec<String>) {
+        self.bound.insert(section.0, Binding { track, rids });
+    }
+
+    /// Forgets a publisher section's track.
+    pub fn unbind(&mut self, section: Section) {
+        if let Some(b) = self.bound.remove(&section.0) {
+            self.ssrc_map.retain(|_, (t, _)| *t != b.track);
+        }
+    }
+
+    /// The codec of a payload type negotiated on this PC.
+    pub fn codec_of(&self, pt: u8) -> Option<Codec> {
+        let pt = Pt::from(pt);
+        self.rtc
+            .codec_config()
+            .find(|p| p.pt() == pt)
+            .copied()
+            .map(Codec)
+    }
+
+    /// Asks the publisher for a keyframe of a section's layer (`rid`; the whole section when the
+    /// layer has no rid).
+    pub fn request_keyframe(
+        &mut self,
+        section: Section,
+        rid: Option<&str>,
+        kind: KeyframeKind,
+    ) -> Result<(), SessionPanicked> {
+        let kind = match kind {
+            KeyframeKind::Pli => KeyframeRequestKind::Pli,
+            KeyframeKind::Fir => KeyframeRequestKind::Fir,
+        };
+        self.guard(|rtc| {
+            let mut api = rtc.direct_api();
+            if let Some(rx) = api.stream_rx_by_mid(section.0, rid.map(Into::into)) {
+                rx.request_keyframe(kind);
+            } else if let Some(rx) = api.stream_rx_by_mid(section.0, None) {
+                rx.request_keyframe(kind);
+            }
+        })
+    }
+
+    /// Writes one forwarded RTP packet on a section this PC sends on. `codec` is the
+    /// publisher's; it is mapped to this PC's payload type (cached in `pt`). Returns whether
+    /// the packet was queued (false: no such section, or no matching codec).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_rtp(
+        &mut self,
+        now: Instant,
+        section: Section,
+        codec: &Codec,
+        pt: &mut PtMapping,
+        seq: u64,
+        ts: u32,
+        marker: bool,
+        payload: Arc<[u8]>,
+        nackable: bool,
+    ) -> Result<bool, SessionPanicked> {
+        let from = codec.0.pt();
+        let out_pt = match pt.0 {
+            Some((f, to)) if f == from => to,
+            _ => match self.rtc.codec_config().match_params(codec.0) {
+                Some(p) => {
+                    pt.0 = Some((from, p.pt()));
+                    p.pt()
+                }
+                None => return Ok(false),
+            },
+        };
+        self.guard(|rtc| {
+            let mut api = rtc.direct_api();
+            match api.stream_tx_by_mid(section.0, None) {
+                Some(tx) => {
+                    tx.write_rtp(
+                        RtpWrite::new(out_pt, seq.into(), ts, now, payload)
+                            .marker(marker)
+                            .nackable(nackable),
+                    );
+                    true
+                }
+                None => false,
+            }
+        })
+    }
+
+    // ------------------------------------------------------------ data
+
+    /// Whether a LiveKit data channel of `kind` is open.
+    pub fn has_channel(&self, kind: DataKind) -> bool {
+        self.channel_for(kind).is_some()
+    }
+
+    /// Sends a data-channel message: reliable data is queued (up to a backlog cap) and written
+    /// as SCTP buffer space allows; lossy data is written now or dropped. Returns whether the
+    /// message was accepted.
+    pub fn send_data(&mut self, kind: DataKind, payload: &[u8]) -> Result<bool, SessionPanicked> {
+        let Some(channel) = self.channel_for(kind) else {
+            return Ok(false);
+        };
+        match kind {
+            DataKind::Reliable => {
+                let queued = self.data_backlog_bytes + payload.len();
+                if queued > MAX_DATA_BACKLOG_BYTES {
+                    return Ok(false);
+                }
+                self.data_backlog_bytes = queued;
+                self.data_backlog.push_back((channel, payload.to_vec()));
+                self.flush_data()?;
+                Ok(true)
+            }
+            DataKind::Lossy => {
+                if !self.data_backlog.is_empty() {
+                    return Ok(false);
+                }
+                self.guard(|rtc| {
+                    rtc.channel(channel)
+                        .is_some_and(|mut ch| matches!(ch.write(true, payload), Ok(true)))
+                })
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ private
+
+    fn guard<R>(&mut self, f: impl FnOnce(&mut Rtc) -> R) -> Result<R, SessionPanicked> {
         catch_unwind(AssertUnwindSafe(|| f(&mut self.rtc))).map_err(|_| SessionPanicked)
     }
 
-    /// The downstream channel of a kind, if open.
-    pub fn channel_for(&self, kind: DataKind) -> Option<ChannelId> {
+    fn channel_for(&self, kind: DataKind) -> Option<ChannelId> {
         match kind {
             DataKind::Reliable => self.reliable,
             DataKind::Lossy => self.lossy,
         }
     }
+
+    fn refresh_ufrag(&mut self) -> Result<(), SessionPanicked> {
+        let ufrag = self.guard(|rtc| rtc.direct_api().local_ice_credentials().ufrag)?;
+        self.ufrag = ufrag;
+        Ok(())
+    }
+
+    /// Writes queued reliable data until SCTP's send buffer is full; the rest goes when str0m
+    /// reports the buffer drained (`ChannelBufferedAmountLow`).
+    fn flush_data(&mut self) -> Result<(), SessionPanicked> {
+        while let Some((channel, payload)) = self.data_backlog.pop_front() {
+            let outcome = self.guard(|rtc| match rtc.channel(channel) {
+                Some(mut ch) => match ch.write(true, &payload) {
+                    Ok(true) => Some(true),
+                    Ok(false) => {
+                        ch.set_buffered_amount_low_threshold(SCTP_SEND_BUFFER_BYTES / 2);
+                        Some(false)
+                    }
+                    Err(_) => None,
+                },
+                None => None,
+            })?;
+            if outcome == Some(false) {
+                // Buffer full: the message stays first in line until the buffer drains.
+                self.data_backlog.push_front((channel, payload));
+                break;
+            }
+            // Written, or the channel is gone / refused the message (dropped).
+            self.data_backlog_bytes -= payload.len();
+        }
+        Ok(())
+    }
+
+    /// Maps a str0m event to ours; `None` for what is handled here or of no interest.
+    fn translate(
+        &mut self,
+        now: Instant,
+        event: Event,
+    ) -> Result<Option<SessionEvent>, SessionPanicked> {
+        Ok(Some(match event {
+            Event::RtpPacket(pkt) => {
+                let ssrc = pkt.header.ssrc;
+                let (track, layer) = match self.ssrc_map.get(&ssrc) {
+                    Some(v) => *v,
+                    None => {
+                        let Some(v) = self.resolve_ssrc(ssrc) else {
+                            return Ok(None);
+                        };
+                        self.ssrc_map.insert(ssrc, v);
+                        v
+                    }
+                };
+                SessionEvent::Rtp(RtpIn {
+                    track,
+                    layer,
+                    pt: *pkt.header.payload_type,
+                    seq: *pkt.seq_no,
+                    ts: pkt.header.timestamp,
+                    marker: pkt.header.marker,
+                    payload: pkt.payload,
+                })
+            }
+            Event::Connected => SessionEvent::Connected,
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.ice_lost_at.get_or_insert(now);
+                SessionEvent::IceDisconnected
+            }
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) => {
+                self.ice_lost_at = None;
+                SessionEvent::IceRestored
+            }
+            Event::MediaAdded(added) => SessionEvent::MediaAdded {
+                section: Section(added.mid),
+                video: added.kind == MediaKind::Video,
+            },
+            Event::MediaChanged(changed) if !changed.direction.is_receiving() => {
+                SessionEvent::MediaStopped {
+                    section: Section(changed.mid),
+                }
+            }
+            Event::KeyframeRequest(req) => SessionEvent::KeyframeRequest {
+                section: Section(req.mid),
+                kind: match req.kind {
+                    KeyframeRequestKind::Fir => KeyframeKind::Fir,
+                    _ => KeyframeKind::Pli,
+                },
+            },
+            Event::ChannelOpen(id, label) => {
+                let kind = match label.as_str() {
+                    "_reliable" => DataKind::Reliable,
+                    "_lossy" => DataKind::Lossy,
+                    _ => return Ok(None),
+                };
+                self.channels.insert(id, kind);
+                match kind {
+                    DataKind::Reliable => self.reliable = Some(id),
+                    DataKind::Lossy => self.lossy = Some(id),
+                }
+                return Ok(None);
+            }
+            Event::ChannelBufferedAmountLow(_) => {
+                self.flush_data()?;
+                return Ok(None);
+            }
+            Event::ChannelClose(id) => {
+                if let Some(kind) = self.channels.remove(&id) {
+                    if self.channel_for(kind) == Some(id) {
+                        match kind {
+                            DataKind::Reliable => self.reliable = None,
+                            DataKind::Lossy => self.lossy = None,
+                        }
+                    }
+                }
+                return Ok(None);
+            }
+            Event::ChannelData(data) => match self.channels.get(&data.id) {
+                Some(kind) => SessionEvent::Data {
+                    kind: *kind,
+                    payload: data.data,
+                },
+                None => return Ok(None),
+            },
+            Event::Closed => SessionEvent::Closed,
+            _ => return Ok(None),
+        }))
+    }
+
+    /// (track, layer) of an SSRC str0m has a receive stream for, through its section's binding.
+    fn resolve_ssrc(&mut self, ssrc: Ssrc) -> Option<(TrackId, Layer)> {
+        let (mid, rid) = {
+            let mut api = self.rtc.direct_api();
+            let rx = api.stream_rx(&ssrc)?;
+            (rx.mid(), rx.rid())
+        };
+        let binding = self.bound.get(&mid)?;
+        let layer = rid
+            .and_then(|rid| binding.rids.iter().position(|r| r.as_str() == &*rid))
+            .map_or(Layer::Low, Layer::from_index);
+        Some((binding.track, layer))
+    }
+}
+
+/// Runs `f` on the local ufrag a STUN request is addressed to (the part of its USERNAME before
+/// `:`, RFC 8445 §7.2.2); `None` when `data` is not a STUN message with a USERNAME.
+pub(crate) fn with_stun_ufrag<R>(data: &[u8], f: impl FnOnce(&str) -> R) -> Option<R> {
+    // RFC 7983 §7: STUN starts with 0 or 1 in its first byte; a header is 20 bytes.
+    if data.len() < 20 || data[0] > 1 {
+        return None;
+    }
+    let msg = str0m::ice::StunMessage::parse(data).ok()?;
+    let (local, _remote) = msg.split_username()?;
+    Some(f(local))
 }

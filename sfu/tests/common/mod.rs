@@ -20,11 +20,17 @@ use switchboard_sfu::{
 };
 use tokio::sync::mpsc;
 
-/// Starts a media plane on an ephemeral loopback port.
+/// Starts a media plane with one media thread on an ephemeral loopback port.
 pub fn start_sfu() -> SfuHandle {
+    start_sfu_threads(1)
+}
+
+/// Starts a media plane with `threads` media threads (one port) on an ephemeral loopback port.
+pub fn start_sfu_threads(threads: usize) -> SfuHandle {
     switchboard_sfu::start(SfuConfig {
         bind: (Ipv4Addr::LOCALHOST, 0).into(),
         candidate_ips: vec![Ipv4Addr::LOCALHOST.into()],
+        media_threads: threads,
     })
     .expect("media plane starts")
 }

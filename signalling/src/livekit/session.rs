@@ -623,6 +623,7 @@ impl Session {
                         let off = ts.quality == proto::VideoQuality::Off as i32;
                         let _ = self.sfu().set_paused(self.pid, track, ts.disabled || off);
                         if let Some(layer) = max_layer(&layers, &ts) {
+                            let layer = switchboard_sfu::Layer::from_index(usize::from(layer));
                             let _ = self.sfu().set_max_layer(self.pid, track, layer);
                         }
                     }

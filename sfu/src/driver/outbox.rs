@@ -14,7 +14,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 
 /// Datagrams per `sendmmsg` call.
-pub(super) const BATCH: usize = 64;
+pub(crate) const BATCH: usize = 64;
 
 struct Pending {
     destination: SocketAddr,
@@ -23,7 +23,7 @@ struct Pending {
 }
 
 /// Datagrams waiting to be sent, and the preallocated headers `sendmmsg` fills.
-pub(super) struct Outbox {
+pub(crate) struct Outbox {
     pending: Vec<Pending>,
     headers: MultiHeaders<SockaddrStorage>,
     /// Set the source address per datagram (the socket is bound to `0.0.0.0` / `::`).
@@ -32,7 +32,7 @@ pub(super) struct Outbox {
 
 /// What a flush did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Flushed {
+pub(crate) struct Flushed {
     /// Datagrams the kernel took.
     pub sent: u64,
     /// Datagrams dropped (send buffer full, unreachable destination…).
