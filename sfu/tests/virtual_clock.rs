@@ -30,7 +30,7 @@ fn published_video_reaches_subscribers_on_both_layouts() {
     net.subscribe(bob, track);
     net.subscribe(carol, track);
     for seq in 2..200u64 {
-        let payload = if seq % 30 == 0 {
+        let payload = if seq.is_multiple_of(30) {
             vp8_keyframe(7)
         } else {
             vp8_delta(7)
@@ -90,7 +90,7 @@ fn simulcast_cap_switches_layer_on_the_next_keyframe() {
     );
     net.subscribe(bob, track);
     for i in 0..100 {
-        send_all(&mut net, &mut seq, i % 20 == 0);
+        send_all(&mut net, &mut seq, i.is_multiple_of(20));
     }
     let low = net.received(bob).len();
     assert!(low > 50, "low layer forwarded: {low}");
@@ -114,7 +114,7 @@ fn simulcast_cap_switches_layer_on_the_next_keyframe() {
         .iter()
         .all(|p| p.payload.last() == Some(&0)));
     for i in 0..50 {
-        send_all(&mut net, &mut seq, i % 20 == 0);
+        send_all(&mut net, &mut seq, i.is_multiple_of(20));
     }
     let got = net.received(bob);
     assert_eq!(got.last().and_then(|p| p.payload.last()), Some(&2));
@@ -146,7 +146,7 @@ fn a_silent_peer_fails_after_ice_consent_is_lost_and_the_room_goes_on() {
     net.subscribe(carol, track);
     let mut seq = 2;
     let frame = |seq: u64| {
-        if seq % 30 == 0 {
+        if seq.is_multiple_of(30) {
             vp8_keyframe(1)
         } else {
             vp8_delta(1)
@@ -228,7 +228,7 @@ fn an_ice_restart_keeps_the_participant_and_its_media() {
     );
     let before = net.received(bob).len();
     for i in 0..300 {
-        let p = if i % 30 == 0 {
+        let p = if i.is_multiple_of(30) {
             vp8_keyframe(3)
         } else {
             vp8_delta(3)
@@ -279,7 +279,7 @@ fn a_subscription_to_another_rooms_track_is_refused_and_nothing_crosses() {
     assert_eq!(net.core.stats().subscriptions_refused, 1);
     assert_eq!(net.core.stats().subscriptions, 2);
     for seq in 2..150u64 {
-        let key = seq % 30 == 0;
+        let key = seq.is_multiple_of(30);
         let p = |t: u8| if key { vp8_keyframe(t) } else { vp8_delta(t) };
         net.write(alice, ma, None, pt_a, seq, p(0xa));
         net.write(carol, mc, None, pt_c, seq, p(0xc));
