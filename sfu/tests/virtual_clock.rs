@@ -89,7 +89,7 @@ fn simulcast_cap_switches_layer_on_the_next_keyframe() {
         },
     );
     net.subscribe(bob, track);
-    for i in 0..100 {
+    for i in 0..100u32 {
         send_all(&mut net, &mut seq, i.is_multiple_of(20));
     }
     let low = net.received(bob).len();
@@ -113,7 +113,7 @@ fn simulcast_cap_switches_layer_on_the_next_keyframe() {
     assert!(net.received(bob)[low..]
         .iter()
         .all(|p| p.payload.last() == Some(&0)));
-    for i in 0..50 {
+    for i in 0..50u32 {
         send_all(&mut net, &mut seq, i.is_multiple_of(20));
     }
     let got = net.received(bob);
@@ -227,7 +227,7 @@ fn an_ice_restart_keeps_the_participant_and_its_media() {
         Vec::new(),
     );
     let before = net.received(bob).len();
-    for i in 0..300 {
+    for i in 0..300u32 {
         let p = if i.is_multiple_of(30) {
             vp8_keyframe(3)
         } else {
