@@ -92,10 +92,22 @@ if [ "$NO_E2E" -eq 0 ]; then
     exit 1
   fi
   export SB_E2E_SERVER_BIN=${SB_E2E_SERVER_BIN:-$ROOT/target/release/switchboard}
-  [ ${#PYTEST_ARGS[@]} -eq 0 ] && PYTEST_ARGS=(tests/e2e)
+  DEFAULT_RUN=0
+  [ ${#PYTEST_ARGS[@]} -eq 0 ] && DEFAULT_RUN=1
+  [ $DEFAULT_RUN -eq 1 ] && PYTEST_ARGS=(tests/e2e)
   echo "per-test logs (server-*.log, peer-*.log, peer-*.json): $E2E_TMP/<test name>/"
+  # The suite runs with the default media threads (one per core); one browser call then runs
+  # with exactly 1 and with 2 media threads, whatever the machine (livekit-client 2.22, what
+  # Element Call bundles, against the Python SDK).
   stage e2e 1500 "$VENV/bin/python" -m pytest -v --durations=10 --basetemp "$E2E_TMP" \
     "${PYTEST_ARGS[@]}"
+  if [ $DEFAULT_RUN -eq 1 ]; then
+    for n in 1 2; do
+      stage "e2e-media-threads-$n" 300 env SB_E2E_MEDIA_THREADS=$n "$VENV/bin/python" -m pytest \
+        -v --basetemp "$E2E_TMP-threads-$n" \
+        "tests/e2e/test_browser.py::test_browser_and_python_sdk_see_and_hear_each_other[2.22]"
+    done
+  fi
 fi
 
 echo

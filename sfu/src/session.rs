@@ -195,6 +195,8 @@ pub(crate) struct Session {
     next_timeout: Instant,
     /// When ICE last reported `Disconnected` without having recovered since.
     ice_lost_at: Option<Instant>,
+    /// Written to since it was last polled (queued for the core's next poll round).
+    dirty: bool,
     /// Publisher sections bound to tracks, and incoming SSRC → (track, layer) (cached).
     bound: FxHashMap<Mid, Binding>,
     ssrc_map: FxHashMap<Ssrc, (TrackId, Layer)>,
@@ -249,6 +251,7 @@ impl Session {
             addrs: Vec::new(),
             next_timeout: now,
             ice_lost_at: None,
+            dirty: false,
             bound: FxHashMap::default(),
             ssrc_map: FxHashMap::default(),
             pending_offer: None,
@@ -275,6 +278,11 @@ impl Session {
         if !self.addrs.contains(&addr) {
             self.addrs.push(addr);
         }
+    }
+
+    /// Marks the session as written to; `true` when it was not marked yet (queue it for a poll).
+    pub fn mark_dirty(&mut self) -> bool {
+        !std::mem::replace(&mut self.dirty, true)
     }
 
     /// When the session next needs [`Session::handle_timeout`].
@@ -335,6 +343,7 @@ impl Session {
             let event = match out {
                 Output::Timeout(t) => {
                     self.next_timeout = t;
+                    self.dirty = false;
                     return Ok(Polled::Timeout(t));
                 }
                 Output::Transmit(t) => {

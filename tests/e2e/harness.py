@@ -286,6 +286,10 @@ class Server:
         env.setdefault("RUST_LOG", "info")
         env.setdefault("NO_COLOR", "1")  # plain log file
         env.setdefault("RUST_BACKTRACE", "1")
+        # SB_E2E_MEDIA_THREADS runs the server with that many media threads (CI runs one browser
+        # test with 1 and with 2); a test's own settings win.
+        if os.environ.get("SB_E2E_MEDIA_THREADS"):
+            env["SWITCHBOARD_RTC__MEDIA_THREADS"] = os.environ["SB_E2E_MEDIA_THREADS"]
         env.update(self.extra_env)
         cmd = [str(binary), *(["--dev"] if self.dev else []), "--node-ip", NODE_IP, *self.args]
         self.proc = self.ns.popen(cmd, self.log, env=env)

@@ -100,7 +100,9 @@ impl MediaCore {
                 Ok(true) => {
                     forwarded += 1;
                     forwarded_video += u64::from(video);
-                    self.dirty.push(to);
+                    if out.mark_dirty() {
+                        self.dirty.push(to);
+                    }
                 }
                 Ok(false) => {}
                 // Contained below, once the borrow of the track ends.
@@ -160,7 +162,7 @@ impl MediaCore {
             self.session_panicked(sref);
             return;
         }
-        self.dirty.push(sref);
+        self.mark_dirty(sref);
     }
 
     /// A subscriber's PLI/FIR for a section it receives: passed to the publisher for the layer
@@ -223,7 +225,11 @@ impl MediaCore {
                 role,
             };
             match session.send_data(kind, &routed.payload) {
-                Ok(true) => self.dirty.push(to),
+                Ok(true) => {
+                    if session.mark_dirty() {
+                        self.dirty.push(to);
+                    }
+                }
                 Ok(false) => self.stats.data_dropped += 1,
                 Err(_) => panicked = Some(to),
             }

@@ -272,18 +272,20 @@ impl MediaCore {
             .session_mut(sref.participant, sref.role)
     }
 
-    fn mark_dirty(&mut self, sref: SessionRef) {
-        self.dirty.push(sref);
+    /// Queues a session for the next poll round (once, however often it is written to).
+    pub(super) fn mark_dirty(&mut self, sref: SessionRef) {
+        if self.session_mut(sref).is_some_and(|s| s.mark_dirty()) {
+            self.dirty.push(sref);
+        }
     }
 
-    /// Polls every session written to, each once per round however many packets it got; a
-    /// round can dirty more sessions (a publisher's packets fan out), hence the rounds.
+    /// Polls every session written to, each once per round however many packets it got (a
+    /// session is queued once until polled); a round can dirty more sessions (a publisher's
+    /// packets fan out), hence the rounds.
     fn drain_dirty(&mut self) {
         let mut round = std::mem::take(&mut self.dirty_round);
         while !self.dirty.is_empty() {
             std::mem::swap(&mut round, &mut self.dirty);
-            round.sort_unstable();
-            round.dedup();
             for sref in round.drain(..) {
                 self.drain(sref);
             }
