@@ -1,7 +1,7 @@
 //! `GET /metrics`: Prometheus text exposition of rooms, participants, sessions, tracks,
 //! subscriptions, tasks and dropped datagrams, encoded with `prometheus-client`.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -9,9 +9,10 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use switchboard_sfu::SfuMetrics;
+use switchboard_sfu::{SfuMetrics, ThreadLoad};
 
 use crate::AppState;
 
@@ -25,6 +26,85 @@ fn counter(reg: &mut Registry, name: &str, help: &str, value: u64) {
     let c: Counter = Counter::default();
     c.inc_by(value);
     reg.register(name, help, c);
+}
+
+/// Per-media-thread load (`thread` label: its index, low cardinality) and the single-port
+/// dispatcher's.
+fn media_threads(reg: &mut Registry, m: &SfuMetrics) {
+    let thread_gauge =
+        |reg: &mut Registry, name: &str, help: &str, f: &dyn Fn(&ThreadLoad) -> i64| {
+            let family = Family::<Vec<(String, String)>, Gauge>::default();
+            for (i, t) in m.threads.iter().enumerate() {
+                family
+                    .get_or_create(&vec![("thread".to_string(), i.to_string())])
+                    .set(f(t));
+            }
+            reg.register(name, help, family);
+        };
+    let thread_counter =
+        |reg: &mut Registry, name: &str, help: &str, f: &dyn Fn(&ThreadLoad) -> u64| {
+            let family = Family::<Vec<(String, String)>, Counter>::default();
+            for (i, t) in m.threads.iter().enumerate() {
+                family
+                    .get_or_create(&vec![("thread".to_string(), i.to_string())])
+                    .inc_by(f(t));
+            }
+            reg.register(name, help, family);
+        };
+    gauge(
+        reg,
+        "media_threads",
+        "Media threads (rtc.media_threads)",
+        m.threads.len() as i64,
+    );
+    thread_gauge(
+        reg,
+        "media_thread_rooms",
+        "Rooms living on a media thread",
+        &|t| t.rooms.load(Ordering::Relaxed),
+    );
+    thread_gauge(
+        reg,
+        "media_thread_participants",
+        "Participants of the rooms on a media thread",
+        &|t| t.participants.load(Ordering::Relaxed),
+    );
+    thread_counter(
+        reg,
+        "media_thread_datagrams",
+        "Datagrams a media thread handled",
+        &|t| t.datagrams.load(Ordering::Relaxed),
+    );
+    thread_counter(
+        reg,
+        "media_thread_forwarded_packets",
+        "RTP packets a media thread forwarded",
+        &|t| t.rtp_forwarded.load(Ordering::Relaxed),
+    );
+    // Seconds as a float counter: busy time is kept in microseconds.
+    let busy = Family::<Vec<(String, String)>, Counter<f64, AtomicU64>>::default();
+    for (i, t) in m.threads.iter().enumerate() {
+        busy.get_or_create(&vec![("thread".to_string(), i.to_string())])
+            .inc_by(t.busy_us.load(Ordering::Relaxed) as f64 / 1e6);
+    }
+    reg.register(
+        "media_thread_busy_seconds",
+        "Time a media thread spent working rather than waiting",
+        busy,
+    );
+    counter(
+        reg,
+        "media_dispatched_datagrams",
+        "Datagrams the single-port dispatcher handed to a media thread (0 with one thread)",
+        m.dispatcher.datagrams.load(Ordering::Relaxed),
+    );
+    let dispatch_busy: Counter<f64, AtomicU64> = Counter::default();
+    dispatch_busy.inc_by(m.dispatcher.busy_us.load(Ordering::Relaxed) as f64 / 1e6);
+    reg.register(
+        "media_dispatcher_busy_seconds",
+        "Time the single-port dispatcher spent working rather than waiting",
+        dispatch_busy,
+    );
 }
 
 /// Renders the current values.
@@ -128,6 +208,13 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "WebRTC sessions ended by a contained panic",
         SfuMetrics::count(&m.session_panics),
     );
+    counter(
+        &mut reg,
+        "subscriptions_refused",
+        "Subscriptions refused: the track is not in the subscriber's room",
+        SfuMetrics::count(&m.subscriptions_refused),
+    );
+    media_threads(&mut reg, m);
     let mut body = String::new();
     if encode(&mut body, &reg).is_err() {
         body.clear();
