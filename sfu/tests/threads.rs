@@ -16,6 +16,7 @@ use switchboard_sfu::{PcLayout, PendingTrack, SfuEvent, SfuHandle, TrackId, Trac
 struct Call {
     publisher: Peer,
     subscriber: Peer,
+    track: TrackId,
     mid: Mid,
     seq: u64,
 }
@@ -44,6 +45,7 @@ impl Call {
         let mut call = Call {
             publisher,
             subscriber,
+            track,
             mid: mids[0],
             seq: 1,
         };
@@ -136,6 +138,23 @@ fn two_rooms_land_on_two_threads_and_both_forward() {
     assert!(a.subscriber.received.len() > 30, "room a forwards");
     assert!(b.subscriber.received.len() > 30, "room b forwards");
     assert!(forwarded_on(&sfu, 0) > 0 && forwarded_on(&sfu, 1) > 0);
+    // Room b's subscriber asks for room a's track: refused on its own thread.
+    sfu.subscribe(b.subscriber.id, a.track, "x".into(), "y".into())
+        .unwrap();
+    let refused = || sfu.metrics().subscriptions_refused.load(Ordering::Relaxed);
+    pump_until(
+        &mut [&mut b.publisher, &mut b.subscriber],
+        Duration::from_secs(5),
+        |_| refused() == 1,
+    );
+    let before = b.subscriber.received.len();
+    a.run(30);
+    b.run(30);
+    let ssrcs: std::collections::HashSet<_> = b.subscriber.received[before..]
+        .iter()
+        .map(|p| p.header.ssrc)
+        .collect();
+    assert_eq!(ssrcs.len(), 1, "only room b's one track reaches room b");
 }
 
 #[test]
