@@ -106,13 +106,6 @@ impl Dispatcher {
             recycle,
             metrics,
         } = self;
-        if let Err(e) = socket
-            .set_nonblocking(false)
-            .and_then(|()| socket.set_read_timeout(Some(READ_TIMEOUT)))
-        {
-            tracing::error!(error = %e, "media dispatcher cannot configure its socket");
-            return;
-        }
         let udp = match UdpSocketState::new((&socket).into()) {
             Ok(u) => u,
             Err(e) => {
@@ -120,6 +113,15 @@ impl Dispatcher {
                 return;
             }
         };
+        // Blocking reads with a timeout (after `UdpSocketState::new`, which makes the socket
+        // non-blocking). The media threads send with MSG_DONTWAIT, so they never block on it.
+        if let Err(e) = socket
+            .set_nonblocking(false)
+            .and_then(|()| socket.set_read_timeout(Some(READ_TIMEOUT)))
+        {
+            tracing::error!(error = %e, "media dispatcher cannot configure its socket");
+            return;
+        }
         let local = match socket.local_addr() {
             Ok(a) => a,
             Err(e) => {

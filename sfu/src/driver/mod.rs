@@ -228,7 +228,8 @@ impl Worker {
                 send,
             ),
         };
-        send.set_nonblocking(true)?;
+        // Sends never block: `sendmmsg` is called with MSG_DONTWAIT (with several threads the
+        // socket itself is blocking, for the dispatcher's reads).
         let local = send.local_addr()?;
         Ok(Self {
             index,
@@ -277,9 +278,17 @@ impl Worker {
                         self.core.handle_command(started, cmd);
                     }
                 }
-                Wake::Readable => self.read_socket(started),
+                Wake::Readable => self.read_socket(),
                 Wake::Batch(None) => break,
-                Wake::Batch(Some(batch)) => self.handle_batch(started, batch),
+                Wake::Batch(Some(batch)) => {
+                    self.handle_batch(batch);
+                    // Take the other queued batches too, sending after each.
+                    while let Input::Dispatched { batches, .. } = &mut self.input {
+                        let Ok(batch) = batches.try_recv() else { break };
+                        flush_core(&mut self.core, &mut self.outbox, &self.send, &self.metrics);
+                        self.handle_batch(batch);
+                    }
+                }
                 Wake::Timer => {}
             }
             self.core.handle_timeout(Instant::now());
@@ -291,8 +300,10 @@ impl Worker {
     }
 
     /// Reads the socket until it is empty (bounded), sending each batch's output before the
-    /// next read: that bounds the packets queued in subscriber sessions, and their delay.
-    fn read_socket(&mut self, now: Instant) {
+    /// next read: that bounds the packets queued in subscriber sessions, and their delay. Each
+    /// datagram is stamped when it is handled (a wake-up can last milliseconds under load, and
+    /// str0m's timing, e.g. its pacer and RTCP, needs the real time of each input).
+    fn read_socket(&mut self) {
         let Input::Socket { socket, udp, bufs } = &mut self.input else {
             return;
         };
@@ -321,16 +332,18 @@ impl Worker {
                 let stride = m.stride.max(1);
                 let destination = SocketAddr::new(m.dst_ip.unwrap_or(local.ip()), local.port());
                 for chunk in buf[..m.len.min(buf.len())].chunks(stride) {
-                    self.core.handle_datagram(now, m.addr, destination, chunk);
+                    self.core
+                        .handle_datagram(Instant::now(), m.addr, destination, chunk);
                 }
             }
             flush_core(&mut self.core, &mut self.outbox, &self.send, &self.metrics);
         }
     }
 
-    fn handle_batch(&mut self, now: Instant, mut batch: Batch) {
+    fn handle_batch(&mut self, mut batch: Batch) {
         for (source, destination, data) in batch.iter() {
-            self.core.handle_datagram(now, source, destination, data);
+            self.core
+                .handle_datagram(Instant::now(), source, destination, data);
         }
         if let Input::Dispatched { recycle, .. } = &self.input {
             batch.clear();
