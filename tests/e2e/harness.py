@@ -39,6 +39,7 @@ WS_URL = f"ws://127.0.0.1:{HTTP_PORT}"
 HTTP_URL = f"http://127.0.0.1:{HTTP_PORT}"
 
 NS_PREFIX = "sbtest-"
+NS_ENTER_TIMEOUT_S = 10  # `ip netns exec` forked -> in the namespace; milliseconds unless the machine is swamped
 _libc = ctypes.CDLL(None, use_errno=True)
 _CLONE_NEWNET = 0x40000000
 _ns_counter = itertools.count(1)
@@ -105,6 +106,10 @@ class Netns:
         self.name = f"{NS_PREFIX}{os.getpid()}-{next(_ns_counter)}"
         self.created = False
 
+    @property
+    def path(self) -> str:
+        return f"/var/run/netns/{self.name}"
+
     def create(self) -> "Netns":
         ip, n = self.ip, self.name
         _run([ip, "netns", "add", n])
@@ -128,12 +133,41 @@ class Netns:
         return subprocess.run(self.prefix() + cmd, capture_output=True, text=True, timeout=timeout)
 
     def popen(self, cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+        """Start `cmd` in the namespace; returns once it is in there (`wait_entered`)."""
         # `ip netns exec` execs the command (no fork), so the pid is the command's own.
         with open(log, "wb") as f:
-            return subprocess.Popen(
+            proc = subprocess.Popen(
                 self.prefix() + cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                 env=env, start_new_session=True,
             )
+        self.wait_entered(proc)
+        return proc
+
+    def holds(self, pid: int) -> bool:
+        """Whether process `pid` is in this namespace now (what `ip netns pids` compares)."""
+        try:
+            st = os.stat(f"/proc/{pid}/ns/net")
+            ns = os.stat(self.path)
+        except OSError:  # the process is gone or a zombie (namespaces released), or no namespace
+            return False
+        return (st.st_dev, st.st_ino) == (ns.st_dev, ns.st_ino)
+
+    def wait_entered(self, proc: subprocess.Popen, timeout: float = NS_ENTER_TIMEOUT_S) -> None:
+        """Wait until `proc`, started with `prefix()`, is in the namespace. `Popen` returns once
+        the child is forked, still in pytest's namespace; `ip netns exec` calls setns(2) only
+        after that, and until then neither `pids()` lists it nor `destroy()` kills it. Returns
+        too if the process exits first (`ip` failed, or a short command is done). If it is
+        neither in nor gone within `timeout` s, kills it and raises RuntimeError."""
+        t_end = time.monotonic() + timeout
+        while not self.holds(proc.pid):
+            if proc.poll() is not None:
+                return
+            if time.monotonic() > t_end:
+                proc.kill()
+                proc.wait(5)
+                raise RuntimeError(f"pid {proc.pid} ({' '.join(map(str, proc.args[:6]))} ...) not in namespace"
+                                   f" {self.name} after {timeout}s; killed")
+            time.sleep(0.005)
 
     def pids(self) -> list[int]:
         r = _run([self.ip, "netns", "pids", self.name], check=False)
@@ -177,7 +211,7 @@ class Netns:
 
         def make() -> None:
             try:
-                fd = os.open(f"/var/run/netns/{self.name}", os.O_RDONLY)
+                fd = os.open(self.path, os.O_RDONLY)
                 try:
                     if _libc.setns(fd, _CLONE_NEWNET) != 0:
                         err = ctypes.get_errno()

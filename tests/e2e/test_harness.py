@@ -105,14 +105,16 @@ def test_netns_has_veth_and_is_removed():
     assert name not in listed.split()
 
 
-def test_netns_destroy_kills_leftover_processes():
+def test_netns_destroy_kills_leftover_processes(workdir):
     ns = harness.Netns().create()
     try:
         p = subprocess.Popen(ns.prefix() + ["sleep", "300"])
-        assert p.pid in ns.pids()
+        ns.wait_entered(p)
+        q = ns.popen(["sleep", "300"], workdir / "sleep.log")  # waits by itself
+        assert {p.pid, q.pid} <= set(ns.pids())
     finally:
         ns.destroy()
-    assert p.wait(10) is not None
+    assert p.wait(10) is not None and q.wait(10) is not None
 
 
 def test_peer_reports_a_clear_error_without_server(netns, workdir):
