@@ -86,6 +86,7 @@ class Browser:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=BROWSER_DIR,
                 start_new_session=True, bufsize=0,
             )
+        self.ns.wait_entered(self.proc)  # so that Netns.destroy finds it whatever happens next
         self._reader = threading.Thread(target=self._read_answers, name="browser-driver-reader", daemon=True)
         self._reader.start()
         try:

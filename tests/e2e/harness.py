@@ -39,6 +39,9 @@ WS_URL = f"ws://127.0.0.1:{HTTP_PORT}"
 HTTP_URL = f"http://127.0.0.1:{HTTP_PORT}"
 
 NS_PREFIX = "sbtest-"
+NS_ENTER_TIMEOUT_S = 10  # `ip netns exec` forked -> in the namespace; milliseconds unless the machine is swamped
+NS_TERM_GRACE_S = 3  # Netns.destroy: SIGTERM, then SIGKILL after this
+NS_DESTROY_TIMEOUT_S = 15  # Netns.destroy gives up killing after this (and still deletes the namespace)
 _libc = ctypes.CDLL(None, use_errno=True)
 _CLONE_NEWNET = 0x40000000
 _ns_counter = itertools.count(1)
@@ -100,10 +103,16 @@ def tail(path: Path | str, lines: int = 150) -> str:
 class Netns:
     """A network namespace with lo up and a veth pair hx0 (10.254.0.1) <-> hx1 (10.254.0.2)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str | None = None) -> None:
+        """A new namespace of this process (`create()` makes it), or, given `name`, one that
+        exists already (e.g. a stale one to `destroy()`)."""
         self.ip = ip_bin()
-        self.name = f"{NS_PREFIX}{os.getpid()}-{next(_ns_counter)}"
-        self.created = False
+        self.name = name or f"{NS_PREFIX}{os.getpid()}-{next(_ns_counter)}"
+        self.created = name is not None
+
+    @property
+    def path(self) -> str:
+        return f"/var/run/netns/{self.name}"
 
     def create(self) -> "Netns":
         ip, n = self.ip, self.name
@@ -128,35 +137,74 @@ class Netns:
         return subprocess.run(self.prefix() + cmd, capture_output=True, text=True, timeout=timeout)
 
     def popen(self, cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+        """Start `cmd` in the namespace; returns once it is in there (`wait_entered`)."""
         # `ip netns exec` execs the command (no fork), so the pid is the command's own.
         with open(log, "wb") as f:
-            return subprocess.Popen(
+            proc = subprocess.Popen(
                 self.prefix() + cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                 env=env, start_new_session=True,
             )
+        self.wait_entered(proc)
+        return proc
+
+    def holds(self, pid: int) -> bool:
+        """Whether process `pid` is in this namespace now (what `ip netns pids` compares)."""
+        try:
+            st = os.stat(f"/proc/{pid}/ns/net")
+            ns = os.stat(self.path)
+        except OSError:  # the process is gone or a zombie (namespaces released), or no namespace
+            return False
+        return (st.st_dev, st.st_ino) == (ns.st_dev, ns.st_ino)
+
+    def wait_entered(self, proc: subprocess.Popen, timeout: float = NS_ENTER_TIMEOUT_S) -> None:
+        """Wait until `proc`, started with `prefix()`, is in the namespace. `Popen` returns once
+        the child is forked, still in pytest's namespace; `ip netns exec` calls setns(2) only
+        after that, and until then neither `pids()` lists it nor `destroy()` kills it. Returns
+        too if the process exits first (`ip` failed, or a short command is done). If it is
+        neither in nor gone within `timeout` s, kills it and raises RuntimeError."""
+        t_end = time.monotonic() + timeout
+        while not self.holds(proc.pid):
+            if proc.poll() is not None:
+                return
+            if time.monotonic() > t_end:
+                proc.kill()
+                proc.wait(5)
+                raise RuntimeError(f"pid {proc.pid} ({' '.join(map(str, proc.args[:6]))} ...) not in namespace"
+                                   f" {self.name} after {timeout}s; killed")
+            time.sleep(0.005)
 
     def pids(self) -> list[int]:
         r = _run([self.ip, "netns", "pids", self.name], check=False)
         return [int(x) for x in r.stdout.split()] if r.returncode == 0 else []
 
-    def destroy(self) -> None:
+    def destroy(self, grace: float = NS_TERM_GRACE_S, timeout: float = NS_DESTROY_TIMEOUT_S) -> None:
+        """Kill every process in the namespace, then delete it. SIGTERM (once per process),
+        SIGKILL after `grace` s; repeated until the namespace holds no process, since what is
+        in there may start more while it is being killed. After `timeout` s the namespace is
+        deleted anyway and RuntimeError names what survived."""
         if not self.created:
             return
-        # Only our own processes can be in our namespace: the server and the peers we started.
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = self.pids()
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            t_end = time.monotonic() + 3
-            while time.monotonic() < t_end and any(_pid_alive(p) for p in pids):
-                time.sleep(0.05)
+        # Only our own processes can be in our namespace: the server and the peers we started
+        # (`popen` returns only once a process is in, so none is on its way in).
+        t0 = time.monotonic()
+        termed: set[int] = set()
+        left = self.pids()
+        while left and time.monotonic() - t0 < timeout:
+            kill = time.monotonic() - t0 >= grace
+            for pid in left:
+                if kill or pid not in termed:
+                    try:
+                        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                    termed.add(pid)
+            time.sleep(0.05)
+            left = self.pids()
         _run([self.ip, "netns", "del", self.name], check=False)
         self.created = False
+        if left:
+            raise RuntimeError(f"processes {left} still in namespace {self.name} after {timeout}s of killing;"
+                               " namespace deleted anyway")
 
     def kill_signalling(self, port: int = HTTP_PORT) -> int:
         """Abort every established TCP connection on the server's signalling port, on the
@@ -177,7 +225,7 @@ class Netns:
 
         def make() -> None:
             try:
-                fd = os.open(f"/var/run/netns/{self.name}", os.O_RDONLY)
+                fd = os.open(self.path, os.O_RDONLY)
                 try:
                     if _libc.setns(fd, _CLONE_NEWNET) != 0:
                         err = ctypes.get_errno()
@@ -228,12 +276,10 @@ def cleanup_stale_namespaces() -> None:
         if m and not _pid_alive(int(m.group(1))):
             # only this harness makes sbtest-* namespaces: what runs in one is a server or
             # peer a killed test run left behind
-            for pid in _run([ip, "netns", "pids", name], check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            _run([ip, "netns", "del", name], check=False)
+            try:
+                Netns(name).destroy(grace=0)
+            except RuntimeError as e:
+                print(f"warning: stale namespace: {e}", file=sys.stderr)
 
 
 # -------------------------------------------------------------------------- server --

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -105,14 +107,50 @@ def test_netns_has_veth_and_is_removed():
     assert name not in listed.split()
 
 
-def test_netns_destroy_kills_leftover_processes():
+def _left_in(ns_stat: os.stat_result) -> list[int]:
+    """Pids of live processes in the network namespace `ns_stat` (the stat of its file), which
+    may be deleted by now."""
+    pids = []
+    for d in os.listdir("/proc"):
+        try:
+            st = os.stat(f"/proc/{d}/ns/net") if d.isdigit() else None
+        except OSError:
+            continue  # gone meanwhile, or a zombie
+        if st is not None and (st.st_dev, st.st_ino) == (ns_stat.st_dev, ns_stat.st_ino):
+            pids.append(int(d))
+    return pids
+
+
+def test_netns_destroy_kills_leftover_processes(workdir):
     ns = harness.Netns().create()
     try:
         p = subprocess.Popen(ns.prefix() + ["sleep", "300"])
-        assert p.pid in ns.pids()
+        ns.wait_entered(p)
+        q = ns.popen(["sleep", "300"], workdir / "sleep.log")  # waits by itself
+        assert {p.pid, q.pid} <= set(ns.pids())
     finally:
         ns.destroy()
-    assert p.wait(10) is not None
+    assert p.wait(10) is not None and q.wait(10) is not None
+
+
+def test_netns_destroy_kills_what_its_processes_start_meanwhile(workdir):
+    """A process that ignores SIGTERM and keeps starting more (each ignoring SIGTERM too):
+    destroy() goes on killing until nothing is left in the namespace, not just what was there
+    when it looked first."""
+    ns = harness.Netns().create()
+    ns_stat = os.stat(ns.path)
+    try:
+        spawner = ns.popen(["sh", "-c", "trap '' TERM; while :; do sleep 300 & sleep 0.01; done"],
+                           workdir / "spawner.log")
+        t_end = time.monotonic() + 10
+        while len(ns.pids()) < 5 and time.monotonic() < t_end:
+            time.sleep(0.05)
+        assert len(ns.pids()) >= 5
+    finally:
+        ns.destroy(grace=0.5)
+    assert spawner.wait(10) is not None
+    assert _left_in(ns_stat) == []
+    assert ns.name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
 
 
 def test_peer_reports_a_clear_error_without_server(netns, workdir):
