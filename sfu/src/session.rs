@@ -195,8 +195,13 @@ pub(crate) struct Session {
     next_timeout: Instant,
     /// When ICE last reported `Disconnected` without having recovered since.
     ice_lost_at: Option<Instant>,
-    /// Written to since it was last polled (queued for the core's next poll round).
+    /// Queued for the core's next poll round (written to since it was last polled).
     dirty: bool,
+    /// The next poll must run to `Timeout` (input, timers, commands, data); otherwise it may
+    /// stop once the forwarded packets written since are out (see [`Session::egress_done`]).
+    full_poll: bool,
+    /// Forwarded RTP packets written and not yet seen leave as datagrams.
+    written: u32,
     /// Publisher sections bound to tracks, and incoming SSRC → (track, layer) (cached).
     bound: FxHashMap<Mid, Binding>,
     ssrc_map: FxHashMap<Ssrc, (TrackId, Layer)>,
@@ -252,6 +257,8 @@ impl Session {
             next_timeout: now,
             ice_lost_at: None,
             dirty: false,
+            full_poll: false,
+            written: 0,
             bound: FxHashMap::default(),
             ssrc_map: FxHashMap::default(),
             pending_offer: None,
@@ -280,9 +287,24 @@ impl Session {
         }
     }
 
-    /// Marks the session as written to; `true` when it was not marked yet (queue it for a poll).
-    pub fn mark_dirty(&mut self) -> bool {
+    /// Marks the session for the next poll round; `full`: that poll must run until str0m
+    /// reports its next timeout. Returns `true` when it was not marked yet (queue it).
+    pub fn mark_dirty(&mut self, full: bool) -> bool {
+        self.full_poll |= full;
         !std::mem::replace(&mut self.dirty, true)
+    }
+
+    /// Egress-only polling is done: every forwarded packet written since the last poll has
+    /// left and nothing else asked for a full poll. The poll that would only return the next
+    /// timeout is skipped (str0m walks every stream and timer to compute it, as much as a
+    /// forwarded packet costs); the session's scheduled wake-up stands, and whatever else str0m
+    /// has queued goes out on the next poll. Clears the mark when it returns `true`.
+    pub fn egress_done(&mut self) -> bool {
+        let done = self.dirty && !self.full_poll && self.written == 0;
+        if done {
+            self.dirty = false;
+        }
+        done
     }
 
     /// When the session next needs [`Session::handle_timeout`].
@@ -344,14 +366,22 @@ impl Session {
                 Output::Timeout(t) => {
                     self.next_timeout = t;
                     self.dirty = false;
+                    self.full_poll = false;
+                    self.written = 0;
                     return Ok(Polled::Timeout(t));
                 }
                 Output::Transmit(t) => {
+                    // RTCP (RFC 5761 §4: second byte 192..=223) does not count as a forwarded
+                    // packet leaving.
+                    let rtcp = t.contents.get(1).is_some_and(|b| (192..=223).contains(b));
+                    if !rtcp {
+                        self.written = self.written.saturating_sub(1);
+                    }
                     return Ok(Polled::Transmit(Datagram {
                         source: t.source,
                         destination: t.destination,
                         contents: t.contents.into(),
-                    }))
+                    }));
                 }
                 Output::Event(e) => e,
             };
@@ -582,6 +612,7 @@ impl Session {
                 None => false,
             }
         })
+        .inspect(|written| self.written += u32::from(*written))
     }
 
     // ------------------------------------------------------------ data

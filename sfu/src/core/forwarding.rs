@@ -100,7 +100,7 @@ impl MediaCore {
                 Ok(true) => {
                     forwarded += 1;
                     forwarded_video += u64::from(video);
-                    if out.mark_dirty() {
+                    if out.mark_dirty(false) {
                         self.dirty.push(to);
                     }
                 }
@@ -226,7 +226,7 @@ impl MediaCore {
             };
             match session.send_data(kind, &routed.payload) {
                 Ok(true) => {
-                    if session.mark_dirty() {
+                    if session.mark_dirty(true) {
                         self.dirty.push(to);
                     }
                 }

@@ -183,6 +183,8 @@ impl MediaCore {
         if new_addr {
             session.add_addr(source);
         }
+        // Input can produce anything (events, answers to STUN): poll until the next timeout.
+        session.mark_dirty(true);
         match session.handle_datagram(now, source, destination, data) {
             Ok(true) => {}
             Ok(false) => self.stats.dropped_datagrams += 1,
@@ -274,7 +276,7 @@ impl MediaCore {
 
     /// Queues a session for the next poll round (once, however often it is written to).
     pub(super) fn mark_dirty(&mut self, sref: SessionRef) {
-        if self.session_mut(sref).is_some_and(|s| s.mark_dirty()) {
+        if self.session_mut(sref).is_some_and(|s| s.mark_dirty(true)) {
             self.dirty.push(sref);
         }
     }
@@ -301,6 +303,9 @@ impl MediaCore {
             let Some(session) = self.session_mut(sref) else {
                 return;
             };
+            if session.egress_done() {
+                return;
+            }
             match session.poll(now) {
                 Ok(Polled::Transmit(t)) => self.transmits.push_back(t),
                 Ok(Polled::Event(e)) => self.event(sref, e),
