@@ -15,7 +15,7 @@
 #                    server's core; with 2, set SB_SERVER_CPU=all)
 #   SB_B3_SWEEP      B3 subscribers (default 25,50,100,200)
 #   SB_SERVER_BIN    the server binary (default target/release/switchboard), e.g. a build of
-#                    an older commit to compare
+#                    an older commit to compare; SB_NO_BUILD=1 skips the build
 # Ports 7880 (TCP) and 7882 (UDP) must be free. Needs no root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,8 +33,10 @@ mkdir -p "$OUT"
 
 # separately: built together, the loadtest's dependency features would change the server's
 # (scripts/test-all.sh says more), and this would measure another binary than users run
-cargo build --release --locked -p switchboard
-cargo build --release --locked -p switchboard-loadtest
+if [ -z "${SB_NO_BUILD:-}" ]; then
+  cargo build --release --locked -p switchboard
+  cargo build --release --locked -p switchboard-loadtest
+fi
 
 SERVER=
 stop_server() {
@@ -62,6 +64,8 @@ run() {
     --server-pid "$SERVER" "${server_cpu[@]}" --cpu "$TCPU" \
     --duration "$DUR" --warmup "$WARM" \
     --json "$OUT/$name.json" --plot "$OUT/$name.svg" "$@" | tee "$OUT/$name.md"
+  # The server's own counters after the run (per media thread, dispatcher).
+  curl -fsS http://127.0.0.1:7880/metrics > "$OUT/metrics-$name.txt" 2>/dev/null || true
   stop_server
 }
 
