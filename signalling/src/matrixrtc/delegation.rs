@@ -13,6 +13,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use url::Url;
 
+use crate::ids::{ParticipantIdentity, RoomName};
 use crate::AppState;
 
 /// How often the job looks at the room.
@@ -29,9 +30,9 @@ const SEND_GIVE_UP: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone)]
 pub struct Job {
     /// LiveKit room name.
-    pub room: String,
+    pub room: RoomName,
     /// LiveKit participant identity.
-    pub identity: String,
+    pub identity: ParticipantIdentity,
     /// The homeserver's delay id (`syd_…`).
     pub delay_id: String,
     /// The delay, ms.
@@ -43,7 +44,7 @@ pub struct Job {
 /// Running jobs, by (room, identity).
 #[derive(Debug, Default)]
 pub struct Delegations {
-    jobs: Mutex<HashMap<(String, String), AbortHandle>>,
+    jobs: Mutex<HashMap<(RoomName, ParticipantIdentity), AbortHandle>>,
 }
 
 impl Delegations {
@@ -85,7 +86,7 @@ pub async fn cs_api_url(state: &AppState, server_name: &str) -> Option<Url> {
     let (host, port) = super::openid::split_server_name(server_name).ok()?;
     let authority = port.map_or(host.clone(), |p| format!("{host}:{p}"));
     let url = format!("https://{authority}/.well-known/matrix/client");
-    let resp = state.http.get(&url).send().await.ok()?;
+    let resp = state.matrixrtc.http.get(&url).send().await.ok()?;
     let wk: ClientWellKnown = resp.error_for_status().ok()?.json().await.ok()?;
     Url::parse(&wk.homeserver.base_url).ok()
 }
@@ -108,6 +109,7 @@ async fn act(state: &AppState, job: &Job, action: &str) -> Outcome {
         return Outcome::Gone;
     };
     match state
+        .matrixrtc
         .http
         .post(url)
         .json(&serde_json::json!({}))
@@ -142,7 +144,7 @@ async fn run(state: Arc<AppState>, job: Job) {
     tracing::info!(room = %job.room, identity = %job.identity, delay_ms = job.delay.as_millis() as u64, "delayed leave delegated");
     loop {
         tokio::time::sleep(TICK).await;
-        let present = state.registry.has_identity(&job.room, &job.identity);
+        let present = state.rooms.has_identity(&job.room, &job.identity);
         if present {
             connected = true;
         } else if connected {
