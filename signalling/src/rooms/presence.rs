@@ -80,9 +80,10 @@ impl Watches {
 /// [`super::Rooms::presence`].
 #[derive(Debug)]
 pub struct Presence {
-    // dropped before `entry`, so the entry sees its receiver count without this one
+    // dropped before `_entry`, so the entry sees its receiver count without this one
     rx: watch::Receiver<PresenceState>,
-    entry: Entry,
+    /// Held for its `Drop`, which releases the watch.
+    _entry: Entry,
     /// Departures counted when the identity was last seen arriving.
     seen_departures: u64,
 }
@@ -106,7 +107,7 @@ impl Presence {
         let seen_departures = rx.borrow().departures;
         Self {
             rx,
-            entry: Entry { rooms, key },
+            _entry: Entry { rooms, key },
             seen_departures,
         }
     }
@@ -128,11 +129,7 @@ impl Presence {
     /// if it has, even if it is back by now); also when the roster is gone.
     pub async fn departed(&mut self) {
         let seen = self.seen_departures;
+        // Err: the roster (and with it the sender) is gone; that resolves too, as documented
         let _ = self.rx.wait_for(|s| s.departures > seen).await;
-    }
-
-    /// The (room, identity) watched.
-    pub fn key(&self) -> (&RoomName, &ParticipantIdentity) {
-        (&self.entry.key.0, &self.entry.key.1)
     }
 }
