@@ -1,14 +1,15 @@
 //! Switchboard's wire protocols over one axum router: LiveKit signalling (`/rtc`, tokens,
-//! data-packet routing), health (`/`) and Prometheus metrics (`/metrics`). Maps wire messages to
-//! the media plane's API (`switchboard-sfu`) and back.
+//! data-packet routing), MatrixRTC authorisation, health (`/`) and Prometheus metrics
+//! (`/metrics`). Maps wire messages to the media plane's API (`switchboard-sfu`) and back;
+//! the room roster (`rooms`) sits beside the adapters, in no wire format.
 
 pub mod ids;
 pub mod livekit;
 pub mod matrixrtc;
 pub mod metrics;
+pub mod rooms;
 pub mod token;
 
-use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
 use axum::routing::get;
@@ -17,46 +18,31 @@ use switchboard_config::Settings;
 use switchboard_sfu::SfuHandle;
 use tower_http::cors::CorsLayer;
 
-/// Shared state of every request handler and session task.
+/// Shared state of every request handler and session task: what all adapters share, then
+/// each adapter's own.
 #[derive(Debug)]
 pub struct AppState {
     /// Resolved configuration.
     pub settings: Settings,
     /// The media plane.
     pub sfu: SfuHandle,
-    /// LiveKit rooms and participants.
-    pub registry: livekit::room::Registry,
-    /// Signalling session tasks alive.
-    pub tasks: AtomicI64,
-    /// Resume (`reconnect=1`) bookkeeping, for `/metrics`.
-    pub resumes: livekit::session::ResumeCounters,
-    /// Checks Matrix OpenID tokens with users' homeservers.
-    pub openid: matrixrtc::openid::OpenIdVerifier,
-    /// Per-address rate limit of the MatrixRTC token endpoints.
-    pub token_limiter: matrixrtc::Limiter,
-    /// Delegated delayed-leave jobs (MSC4140).
-    pub delegations: matrixrtc::delegation::Delegations,
-    /// HTTP client for homeserver requests (bounded timeouts, rustls).
-    pub http: reqwest::Client,
+    /// Rooms and participants, whichever adapter they came through.
+    pub rooms: rooms::Rooms,
+    /// The LiveKit adapter's sessions and counters.
+    pub livekit: livekit::LiveKitState,
+    /// MatrixRTC authorisation's verifier, limiter, delegations and HTTP client.
+    pub matrixrtc: matrixrtc::MatrixRtcState,
 }
 
 impl AppState {
     /// State for a server with these settings and media plane.
     pub fn new(settings: Settings, sfu: SfuHandle) -> Arc<Self> {
-        let openid = matrixrtc::openid::OpenIdVerifier::new(&settings.matrixrtc.homeserver_urls);
         Arc::new(Self {
-            openid,
-            token_limiter: matrixrtc::limiter(),
-            delegations: Default::default(),
-            http: reqwest::Client::builder()
-                .timeout(matrixrtc::openid::LOOKUP_TIMEOUT)
-                .build()
-                .unwrap_or_default(),
+            matrixrtc: matrixrtc::MatrixRtcState::new(&settings),
             settings,
             sfu,
-            registry: livekit::room::Registry::default(),
-            tasks: AtomicI64::new(0),
-            resumes: Default::default(),
+            rooms: rooms::Rooms::new(),
+            livekit: Default::default(),
         })
     }
 }

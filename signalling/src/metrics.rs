@@ -109,20 +109,20 @@ fn media_threads(reg: &mut Registry, m: &SfuMetrics) {
 
 /// Renders the current values.
 pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let (rooms, participants) = state.registry.counts();
+    let counts = state.rooms.counts();
     let m = state.sfu.metrics();
     let mut reg = Registry::with_prefix("switchboard");
     gauge(
         &mut reg,
         "rooms",
         "Rooms with at least one participant",
-        rooms as i64,
+        counts.rooms as i64,
     );
     gauge(
         &mut reg,
         "participants",
         "Participants connected over signalling",
-        participants as i64,
+        counts.participants as i64,
     );
     gauge(
         &mut reg,
@@ -152,25 +152,25 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         &mut reg,
         "tasks",
         "Signalling session tasks",
-        state.tasks.load(Ordering::Relaxed),
+        state.livekit.tasks.load(Ordering::Relaxed),
     );
     gauge(
         &mut reg,
         "signal_detached",
         "Participants whose signalling WebSocket dropped, kept for a resume",
-        state.resumes.detached.load(Ordering::Relaxed),
+        state.livekit.resumes.detached.load(Ordering::Relaxed),
     );
     counter(
         &mut reg,
         "signal_resumes",
         "Signalling sessions resumed on a new WebSocket (reconnect=1)",
-        state.resumes.resumed.load(Ordering::Relaxed),
+        state.livekit.resumes.resumed.load(Ordering::Relaxed),
     );
     counter(
         &mut reg,
         "signal_resumes_refused",
         "reconnect=1 connections with no session to resume (told to rejoin)",
-        state.resumes.refused.load(Ordering::Relaxed),
+        state.livekit.resumes.refused.load(Ordering::Relaxed),
     );
     counter(
         &mut reg,

@@ -1,15 +1,18 @@
 //! The LiveKit client protocol: `/rtc` (WebSocket signalling, two peer connections), `/rtc/v1`
 //! (one peer connection, `join_request` in the query), and their `validate` twins. Tokens and
 //! join requests are checked before any upgrade; with `rtc.v1_enabled = false` the v1 paths
-//! answer 404, which makes every SDK fall back to `/rtc`.
+//! answer 404, which makes every SDK fall back to `/rtc`. Rooms and participants are the
+//! roster's (`crate::rooms`); this adapter renders them (`render`) and keeps only what is
+//! LiveKit's own: its session tasks, their inboxes for resumes, and resume counts.
 
 pub mod data;
 pub mod join_request;
 pub mod link;
-pub mod room;
+pub mod render;
 pub mod session;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -20,6 +23,17 @@ use axum::response::{IntoResponse, Response};
 
 use crate::token::{self, AuthError, JoinGrant};
 use crate::AppState;
+
+/// The LiveKit adapter's own state.
+#[derive(Debug, Default)]
+pub struct LiveKitState {
+    /// Signalling session tasks alive.
+    pub tasks: AtomicI64,
+    /// Resume (`reconnect=1`) bookkeeping, for `/metrics`.
+    pub resumes: session::ResumeCounters,
+    /// Every live session's inbox, for resumes.
+    pub sessions: session::Sessions,
+}
 
 /// Why a connect request is refused, mapped to the HTTP status clients interpret
 /// (`livekit-protocol.md` §1.1).
@@ -83,7 +97,7 @@ fn authorise(
     let grant = token::verify_join(&jwt, &state.settings.keys)?;
     if !state.settings.rooms.auto_create
         && !grant.claims.video.room_create
-        && !state.registry.exists(grant.room())
+        && !state.rooms.exists(&grant.room().into())
     {
         return Err(ConnectError::NoRoom);
     }

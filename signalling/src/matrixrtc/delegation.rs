@@ -1,22 +1,25 @@
 //! Delegated delayed leave (MSC4140, as lk-jwt-service does it, `matrixrtc.md` §8.8): the
 //! client schedules its own "leave" as a delayed event on its homeserver and hands the delay
-//! id to us. While its LiveKit participant is connected we restart the delay at 80 % of its
+//! id to us. While its participant is connected we restart the delay at 80 % of its
 //! timeout; when the participant goes away we send the event at once, so crashed clients leave
-//! calls. One job per (room, identity); a new delegation replaces the old one.
+//! calls. The roster tells the job when the identity arrives and leaves
+//! ([`crate::rooms::Rooms::presence`]); nothing polls. One job per (room, identity); a new
+//! delegation replaces the old one.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::task::AbortHandle;
-use tokio::time::Instant;
+use tokio::time::{sleep_until, Instant};
 use url::Url;
 
+use crate::ids::{ParticipantIdentity, RoomName};
+use crate::rooms::Presence;
 use crate::AppState;
 
-/// How often the job looks at the room.
-const TICK: Duration = Duration::from_millis(250);
 /// How long a job waits for its participant to connect the first time.
 const CONNECT_WAIT: Duration = Duration::from_secs(60);
 /// Longest pause between retries of a failed `send`.
@@ -29,9 +32,9 @@ const SEND_GIVE_UP: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone)]
 pub struct Job {
     /// LiveKit room name.
-    pub room: String,
+    pub room: RoomName,
     /// LiveKit participant identity.
-    pub identity: String,
+    pub identity: ParticipantIdentity,
     /// The homeserver's delay id (`syd_…`).
     pub delay_id: String,
     /// The delay, ms.
@@ -43,25 +46,49 @@ pub struct Job {
 /// Running jobs, by (room, identity).
 #[derive(Debug, Default)]
 pub struct Delegations {
-    jobs: Mutex<HashMap<(String, String), AbortHandle>>,
+    jobs: Mutex<HashMap<(RoomName, ParticipantIdentity), Running>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Running {
+    /// Tells this job from the one that replaced it.
+    id: u64,
+    handle: AbortHandle,
 }
 
 impl Delegations {
     /// Starts `job`, replacing a job for the same participant.
     pub fn start(&self, state: Arc<AppState>, job: Job) {
         let key = (job.room.clone(), job.identity.clone());
-        let handle = tokio::spawn(run(state, job)).abort_handle();
-        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        jobs.retain(|_, h| !h.is_finished());
-        if let Some(old) = jobs.insert(key, handle) {
-            old.abort();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // The job's own entry goes when it ends, unless a newer job took its place; the lock
+        // is held until the entry is in, so a job cannot end before it.
+        let mut jobs = self.lock();
+        let handle = tokio::spawn({
+            let key = key.clone();
+            async move {
+                run(&state, job).await;
+                let mut jobs = state.matrixrtc.delegations.lock();
+                if jobs.get(&key).is_some_and(|r| r.id == id) {
+                    jobs.remove(&key);
+                }
+            }
+        })
+        .abort_handle();
+        if let Some(old) = jobs.insert(key, Running { id, handle }) {
+            old.handle.abort();
         }
     }
 
     /// Jobs not yet finished.
     pub fn active(&self) -> usize {
-        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        jobs.values().filter(|h| !h.is_finished()).count()
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(RoomName, ParticipantIdentity), Running>> {
+        // every change is one insert or remove: a poisoned map is still consistent
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -85,7 +112,7 @@ pub async fn cs_api_url(state: &AppState, server_name: &str) -> Option<Url> {
     let (host, port) = super::openid::split_server_name(server_name).ok()?;
     let authority = port.map_or(host.clone(), |p| format!("{host}:{p}"));
     let url = format!("https://{authority}/.well-known/matrix/client");
-    let resp = state.http.get(&url).send().await.ok()?;
+    let resp = state.matrixrtc.http.get(&url).send().await.ok()?;
     let wk: ClientWellKnown = resp.error_for_status().ok()?.json().await.ok()?;
     Url::parse(&wk.homeserver.base_url).ok()
 }
@@ -108,6 +135,7 @@ async fn act(state: &AppState, job: &Job, action: &str) -> Outcome {
         return Outcome::Gone;
     };
     match state
+        .matrixrtc
         .http
         .post(url)
         .json(&serde_json::json!({}))
@@ -134,31 +162,48 @@ async fn act(state: &AppState, job: &Job, action: &str) -> Outcome {
     }
 }
 
-async fn run(state: Arc<AppState>, job: Job) {
+/// Restarts the delay (it is due); `false` when the delayed event is gone (the job ends).
+async fn restart(state: &AppState, job: &Job, next: &mut Instant, every: Duration) -> bool {
+    match act(state, job, "restart").await {
+        Outcome::Done => *next = Instant::now() + every,
+        Outcome::Gone => {
+            tracing::info!(room = %job.room, identity = %job.identity, "delayed event gone; delegation ends");
+            return false;
+        }
+        Outcome::Retry(wait) => *next = Instant::now() + wait,
+    }
+    true
+}
+
+async fn run(state: &AppState, job: Job) {
     let started = Instant::now();
     let restart_every = job.delay.mul_f32(0.8).max(Duration::from_millis(500));
     let mut next_restart = started + restart_every;
-    let mut connected = false;
+    let mut presence: Presence = state.rooms.presence(&job.room, &job.identity);
     tracing::info!(room = %job.room, identity = %job.identity, delay_ms = job.delay.as_millis() as u64, "delayed leave delegated");
+    // Until the participant connects (at most CONNECT_WAIT), then while it stays, the delay
+    // is kept from firing.
     loop {
-        tokio::time::sleep(TICK).await;
-        let present = state.registry.has_identity(&job.room, &job.identity);
-        if present {
-            connected = true;
-        } else if connected {
-            break;
-        } else if started.elapsed() > CONNECT_WAIT {
-            tracing::info!(room = %job.room, identity = %job.identity, "delegated participant never connected");
-            return;
-        }
-        if Instant::now() >= next_restart {
-            match act(&state, &job, "restart").await {
-                Outcome::Done => next_restart = Instant::now() + restart_every,
-                Outcome::Gone => {
-                    tracing::info!(room = %job.room, identity = %job.identity, "delayed event gone; delegation ends");
+        tokio::select! {
+            _ = presence.arrived() => break,
+            _ = sleep_until(started + CONNECT_WAIT) => {
+                tracing::info!(room = %job.room, identity = %job.identity, "delegated participant never connected");
+                return;
+            }
+            _ = sleep_until(next_restart) => {
+                if !restart(state, &job, &mut next_restart, restart_every).await {
                     return;
                 }
-                Outcome::Retry(wait) => next_restart = Instant::now() + wait,
+            }
+        }
+    }
+    loop {
+        tokio::select! {
+            _ = presence.departed() => break,
+            _ = sleep_until(next_restart) => {
+                if !restart(state, &job, &mut next_restart, restart_every).await {
+                    return;
+                }
             }
         }
     }
@@ -166,7 +211,7 @@ async fn run(state: Arc<AppState>, job: Job) {
     let mut backoff = Duration::from_secs(1);
     let deadline = Instant::now() + SEND_GIVE_UP;
     loop {
-        match act(&state, &job, "send").await {
+        match act(state, &job, "send").await {
             Outcome::Done | Outcome::Gone => {
                 tracing::info!(room = %job.room, identity = %job.identity, "delayed leave sent");
                 return;

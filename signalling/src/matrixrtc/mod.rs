@@ -49,6 +49,37 @@ pub const RATE_BURST: u32 = 20;
 /// Per-address rate limiter of the token endpoints.
 pub type Limiter = DefaultKeyedRateLimiter<IpAddr>;
 
+/// The MatrixRTC adapter's own state.
+#[derive(Debug)]
+pub struct MatrixRtcState {
+    /// Checks Matrix OpenID tokens with users' homeservers.
+    pub openid: openid::OpenIdVerifier,
+    /// Per-address rate limit of the token endpoints.
+    pub token_limiter: Limiter,
+    /// Delegated delayed-leave jobs (MSC4140).
+    pub delegations: delegation::Delegations,
+    /// HTTP client for homeserver requests (bounded timeouts, rustls).
+    pub http: reqwest::Client,
+}
+
+impl MatrixRtcState {
+    /// State for these settings (homeserver URL overrides).
+    pub fn new(settings: &switchboard_config::Settings) -> Self {
+        Self {
+            openid: openid::OpenIdVerifier::new(&settings.matrixrtc.homeserver_urls),
+            token_limiter: limiter(),
+            delegations: Default::default(),
+            http: reqwest::Client::builder()
+                .timeout(openid::LOOKUP_TIMEOUT)
+                .build()
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "homeserver HTTP client without timeouts");
+                    reqwest::Client::default()
+                }),
+        }
+    }
+}
+
 /// The limiter with the default quota.
 pub fn limiter() -> Limiter {
     let per_second = NonZeroU32::new(RATE_PER_SECOND).unwrap_or(NonZeroU32::MIN);
@@ -213,7 +244,7 @@ async fn handle_delegate(state: Arc<AppState>, req: Request) -> Result<(), Authz
     let (room, identity) = check_member_request(&state, &body).await?;
     let server = &body.openid_token.matrix_server_name;
     let job = delegation_job(&state, server, &room, &identity, delay, true).await?;
-    state.delegations.start(state.clone(), job);
+    state.matrixrtc.delegations.start(state.clone(), job);
     Ok(())
 }
 
@@ -231,7 +262,7 @@ async fn issue_and_delegate(
     };
     let resp = issue(&state, server, room, identity)?;
     if let Some(job) = job {
-        state.delegations.start(state.clone(), job);
+        state.matrixrtc.delegations.start(state.clone(), job);
     }
     Ok(resp)
 }
@@ -274,8 +305,8 @@ async fn delegation_job(
         .await
         .ok_or_else(|| AuthzError::BadJson("Unable to resolve client-server API".into()))?;
     Ok(delegation::Job {
-        room: room.to_string(),
-        identity: identity.to_string(),
+        room: room.into(),
+        identity: identity.into(),
         delay_id,
         delay,
         cs_api,
@@ -315,7 +346,7 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    if state.token_limiter.check_key(&ip).is_err() {
+    if state.matrixrtc.token_limiter.check_key(&ip).is_err() {
         return Err(AuthzError::LimitExceeded);
     }
     if req.method() != Method::POST {
@@ -351,6 +382,7 @@ fn check_token_fields(t: &OpenIdToken) -> Result<(), AuthzError> {
 
 async fn verify(state: &AppState, t: &OpenIdToken) -> Result<String, AuthzError> {
     state
+        .matrixrtc
         .openid
         .verify(&t.access_token, &t.matrix_server_name)
         .await
@@ -387,8 +419,8 @@ fn issue(
         .map_err(|e| AuthzError::Internal(format!("signing token: {e}")))?;
     if m.is_full_access(server_name) {
         state
-            .registry
-            .create_room(&room, EMPTY_TIMEOUT, DEPARTURE_TIMEOUT);
+            .rooms
+            .create(&room.as_str().into(), EMPTY_TIMEOUT, DEPARTURE_TIMEOUT);
     }
     tracing::info!(%room, %identity, server = server_name, "token issued");
     Ok(TokenResponse {

@@ -1,0 +1,94 @@
+//! Media-plane events to LiveKit messages: SDP answers and offers (with `mid_to_track_id`),
+//! `MediaSectionsRequirement`, failed negotiations, tracks going live or ending, the peer
+//! connection that makes the participant `ACTIVE`, and media failures that end the session.
+
+use std::collections::HashMap;
+
+use livekit_protocol as proto;
+use proto::signal_response::Message as Resp;
+use switchboard_sfu::{PeerRole, SfuEvent, TrackId};
+
+use super::{encode, End, Session, Step};
+use crate::livekit::link::SignalLink;
+use crate::rooms::LeaveReason;
+
+impl Session {
+    /// Handles one media-plane event.
+    pub(super) async fn sfu_event(&mut self, ev: SfuEvent, link: &mut SignalLink) -> Step {
+        match ev {
+            SfuEvent::Answer {
+                sdp, mid_to_track, ..
+            } => {
+                let id = self.offer_ids.pop_front().unwrap_or(0);
+                let sd = proto::SessionDescription {
+                    r#type: "answer".into(),
+                    sdp,
+                    id,
+                    mid_to_track_id: self.track_sids(&mid_to_track),
+                };
+                link.send(encode(Resp::Answer(sd))).await;
+            }
+            SfuEvent::Offer { sdp, mid_to_track } => {
+                let id = self.next_offer_id;
+                self.next_offer_id = self.next_offer_id.wrapping_add(1);
+                let sd = proto::SessionDescription {
+                    r#type: "offer".into(),
+                    sdp,
+                    id,
+                    mid_to_track_id: self.track_sids(&mid_to_track),
+                };
+                link.send(encode(Resp::Offer(sd))).await;
+            }
+            SfuEvent::NeedOffer { audio, video } => {
+                let req = proto::MediaSectionsRequirement {
+                    num_audios: audio,
+                    num_videos: video,
+                };
+                link.send(encode(Resp::MediaSectionsRequirement(req))).await;
+            }
+            SfuEvent::NegotiationFailed { role, reason } => {
+                tracing::warn!(?role, %reason, "negotiation failed");
+                if role == PeerRole::Publisher {
+                    self.offer_ids.pop_front();
+                }
+            }
+            SfuEvent::TrackLive { track, mime } => self.track_live(track, mime),
+            SfuEvent::TrackEnded { track } => self.track_ended(track),
+            SfuEvent::Connected { role } => {
+                let primary = if self.perms.can_subscribe && !self.opts.single_pc {
+                    PeerRole::Subscriber
+                } else {
+                    PeerRole::Publisher
+                };
+                if role == primary && !self.active {
+                    self.active = true;
+                    self.state.rooms.mark_active(&self.room, self.pid);
+                }
+            }
+            SfuEvent::Failed {
+                reason, by_peer, ..
+            } => {
+                if by_peer {
+                    tracing::info!(%reason, "client closed its peer connection");
+                    return Err(End::Client);
+                }
+                tracing::info!(%reason, "media failed");
+                return Err(End::Server(LeaveReason::MediaFailure));
+            }
+        }
+        Ok(())
+    }
+
+    /// `mid → TR_ sid` for `SessionDescription.mid_to_track_id`.
+    fn track_sids(&self, mid_to_track: &[(String, TrackId)]) -> HashMap<String, String> {
+        if mid_to_track.is_empty() {
+            return HashMap::new();
+        }
+        let media: Vec<TrackId> = mid_to_track.iter().map(|(_, t)| *t).collect();
+        let sids = self.state.rooms.track_sids(&self.room, &media);
+        mid_to_track
+            .iter()
+            .filter_map(|(mid, t)| sids.get(t).map(|sid| (mid.clone(), sid.to_string())))
+            .collect()
+    }
+}
