@@ -28,7 +28,7 @@ const RECV_BATCH: usize = 16;
 const RECV_BUF: usize = 64 * 1024;
 /// Batches a media thread may have queued before the dispatcher drops datagrams for it.
 pub(crate) const QUEUE_BATCHES: usize = 256;
-/// How long a read waits before the dispatcher checks whether to stop.
+/// How long a wait for datagrams lasts before the dispatcher checks whether to stop.
 const READ_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// One received datagram inside a [`Batch`].
@@ -113,15 +113,9 @@ impl Dispatcher {
                 return;
             }
         };
-        // Blocking reads with a timeout (after `UdpSocketState::new`, which makes the socket
-        // non-blocking). The media threads send with MSG_DONTWAIT, so they never block on it.
-        if let Err(e) = socket
-            .set_nonblocking(false)
-            .and_then(|()| socket.set_read_timeout(Some(READ_TIMEOUT)))
-        {
-            tracing::error!(error = %e, "media dispatcher cannot configure its socket");
-            return;
-        }
+        // The socket stays non-blocking (`UdpSocketState::new` makes it so): a blocking
+        // `recvmmsg` waits to fill every buffer of the batch, holding sparse traffic (an ICE
+        // handshake) for up to a read timeout per buffer. Waits are `poll(2)` instead.
         let local = match socket.local_addr() {
             Ok(a) => a,
             Err(e) => {
@@ -147,15 +141,11 @@ impl Dispatcher {
                 }
                 match udp.recv((&socket).into(), &mut slices, &mut meta) {
                     Ok(n) => n,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         if workers.iter().all(|w| w.batches.is_closed()) {
                             break;
                         }
+                        wait_readable(&socket, READ_TIMEOUT);
                         continue;
                     }
                     Err(e) => {
@@ -220,6 +210,15 @@ impl Dispatcher {
         }
         tracing::info!("media dispatcher stopped");
     }
+}
+
+/// Waits until the socket is readable or `timeout` passes (interrupted waits just return).
+fn wait_readable(socket: &std::net::UdpSocket, timeout: Duration) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
+    let ms = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    let _ = poll(&mut fds, ms);
 }
 
 fn apply_routes(demux: &mut Demux<usize>, routes: &std_mpsc::Receiver<(usize, RouteChange)>) {
