@@ -17,6 +17,7 @@
 
 mod codec;
 pub mod core;
+mod datagram;
 mod driver;
 mod forwarder;
 mod ids;

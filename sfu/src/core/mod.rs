@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
+pub use crate::datagram::Datagram;
 pub use demux::Demux;
 
 use crate::room::Room;
@@ -47,17 +48,6 @@ pub(crate) struct SessionRef {
     pub room: RoomKey,
     pub participant: ParticipantId,
     pub role: PeerRole,
-}
-
-/// A UDP datagram to send.
-#[derive(Debug)]
-pub struct Datagram {
-    /// The local address it leaves from (the ICE candidate the client talks to).
-    pub source: SocketAddr,
-    /// Where it goes.
-    pub destination: SocketAddr,
-    /// The bytes.
-    pub contents: Vec<u8>,
 }
 
 /// What [`MediaCore::poll_output`] gives.
