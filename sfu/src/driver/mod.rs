@@ -340,10 +340,16 @@ impl Worker {
         }
     }
 
+    /// A batch from the dispatcher, stamped with the time the dispatcher read it: the arrival
+    /// time that transport-wide congestion feedback (TWCC) reports to the sender, without the
+    /// hop's queueing delay (its variation would read as network jitter to the sender's
+    /// bandwidth estimator). The core's own clock never goes back (`MediaCore` keeps the
+    /// latest time it saw).
     fn handle_batch(&mut self, mut batch: Batch) {
+        let arrived = batch.received.unwrap_or_else(Instant::now);
         for (source, destination, data) in batch.iter() {
             self.core
-                .handle_datagram(Instant::now(), source, destination, data);
+                .handle_datagram(arrived, source, destination, data);
         }
         if let Input::Dispatched { recycle, .. } = &self.input {
             batch.clear();
