@@ -3,11 +3,32 @@
 //! peer-connection layouts, simulcast layer switches, ICE failure of a silent peer, an ICE
 //! restart (what a resumed client does), and room isolation.
 
+mod common;
 mod virtual_net;
 
 use str0m::format::Codec;
 use switchboard_sfu::{Command, Layer, PcLayout, SfuEvent, TrackKind};
 use virtual_net::*;
+
+/// Client `who` sends a VP8 keyframe tagged `tag` on `mid` and its track goes live; returns
+/// its VP8 payload type.
+fn go_live(net: &mut Net, who: usize, mid: str0m::media::Mid, tag: u8) -> str0m::media::Pt {
+    let pt = net.pt_of(who, Codec::Vp8);
+    net.write(who, mid, None, pt, 1, vp8_keyframe(tag));
+    net.wait_event(who, |e| {
+        matches!(e, SfuEvent::TrackLive { .. }).then_some(())
+    });
+    pt
+}
+
+/// Frame `seq` of a stream tagged `tag`: a keyframe every 30 packets, delta frames between.
+fn frame(seq: u64, tag: u8) -> Vec<u8> {
+    if seq.is_multiple_of(30) {
+        vp8_keyframe(tag)
+    } else {
+        vp8_delta(tag)
+    }
+}
 
 /// Connects clients (every PC) within 5 s of virtual time.
 fn connect(net: &mut Net, clients: &[usize]) {
@@ -22,20 +43,11 @@ fn published_video_reaches_subscribers_on_both_layouts() {
     let carol = net.join("room", "carol", PcLayout::Single);
     let (track, mid) = net.publish(alice, TrackKind::Video, &[]);
     connect(&mut net, &[alice, bob, carol]);
-    let pt = net.pt_of(alice, Codec::Vp8);
-    net.write(alice, mid, None, pt, 1, vp8_keyframe(7));
-    net.wait_event(alice, |e| {
-        matches!(e, SfuEvent::TrackLive { .. }).then_some(())
-    });
+    let pt = go_live(&mut net, alice, mid, 7);
     net.subscribe(bob, track);
     net.subscribe(carol, track);
     for seq in 2..200u64 {
-        let payload = if seq.is_multiple_of(30) {
-            vp8_keyframe(7)
-        } else {
-            vp8_delta(7)
-        };
-        net.write(alice, mid, None, pt, seq, payload);
+        net.write(alice, mid, None, pt, seq, frame(seq, 7));
         net.run(10);
     }
     for who in [bob, carol] {
@@ -137,23 +149,12 @@ fn a_silent_peer_fails_after_ice_consent_is_lost_and_the_room_goes_on() {
     let carol = net.join("room", "carol", PcLayout::Single);
     let (track, mid) = net.publish(alice, TrackKind::Video, &[]);
     connect(&mut net, &[alice, bob, carol]);
-    let pt = net.pt_of(alice, Codec::Vp8);
-    net.write(alice, mid, None, pt, 1, vp8_keyframe(1));
-    net.wait_event(alice, |e| {
-        matches!(e, SfuEvent::TrackLive { .. }).then_some(())
-    });
+    let pt = go_live(&mut net, alice, mid, 1);
     net.subscribe(bob, track);
     net.subscribe(carol, track);
     let mut seq = 2;
-    let frame = |seq: u64| {
-        if seq.is_multiple_of(30) {
-            vp8_keyframe(1)
-        } else {
-            vp8_delta(1)
-        }
-    };
     for _ in 0..50 {
-        net.write(alice, mid, None, pt, seq, frame(seq));
+        net.write(alice, mid, None, pt, seq, frame(seq, 1));
         seq += 1;
         net.run(10);
     }
@@ -162,7 +163,7 @@ fn a_silent_peer_fails_after_ice_consent_is_lost_and_the_room_goes_on() {
     let reason = {
         let mut found = None;
         for _ in 0..6_000 {
-            net.write(alice, mid, None, pt, seq, frame(seq));
+            net.write(alice, mid, None, pt, seq, frame(seq, 1));
             seq += 1;
             net.run(10);
             if let Some(e) = net.clients[bob]
@@ -185,7 +186,7 @@ fn a_silent_peer_fails_after_ice_consent_is_lost_and_the_room_goes_on() {
     // Carol still receives.
     let before = net.received(carol).len();
     for _ in 0..50 {
-        net.write(alice, mid, None, pt, seq, frame(seq));
+        net.write(alice, mid, None, pt, seq, frame(seq, 1));
         seq += 1;
         net.run(10);
     }
@@ -206,11 +207,7 @@ fn an_ice_restart_keeps_the_participant_and_its_media() {
     let bob = net.join("room", "bob", PcLayout::Single);
     let (track, mid) = net.publish(alice, TrackKind::Video, &[]);
     connect(&mut net, &[alice, bob]);
-    let pt = net.pt_of(alice, Codec::Vp8);
-    net.write(alice, mid, None, pt, 1, vp8_keyframe(3));
-    net.wait_event(alice, |e| {
-        matches!(e, SfuEvent::TrackLive { .. }).then_some(())
-    });
+    let pt = go_live(&mut net, alice, mid, 3);
     net.subscribe(bob, track);
     let mut seq = 2;
     for _ in 0..50 {
@@ -228,12 +225,7 @@ fn an_ice_restart_keeps_the_participant_and_its_media() {
     );
     let before = net.received(bob).len();
     for i in 0..300u32 {
-        let p = if i.is_multiple_of(30) {
-            vp8_keyframe(3)
-        } else {
-            vp8_delta(3)
-        };
-        net.write(alice, mid, None, pt, seq, p);
+        net.write(alice, mid, None, pt, seq, frame(u64::from(i), 3));
         seq += 1;
         net.run(10);
     }
@@ -279,10 +271,8 @@ fn a_subscription_to_another_rooms_track_is_refused_and_nothing_crosses() {
     assert_eq!(net.core.stats().subscriptions_refused, 1);
     assert_eq!(net.core.stats().subscriptions, 2);
     for seq in 2..150u64 {
-        let key = seq.is_multiple_of(30);
-        let p = |t: u8| if key { vp8_keyframe(t) } else { vp8_delta(t) };
-        net.write(alice, ma, None, pt_a, seq, p(0xa));
-        net.write(carol, mc, None, pt_c, seq, p(0xc));
+        net.write(alice, ma, None, pt_a, seq, frame(seq, 0xa));
+        net.write(carol, mc, None, pt_c, seq, frame(seq, 0xc));
         net.run(10);
     }
     assert!(net.received(bob).len() > 50);

@@ -19,25 +19,15 @@ use str0m::rtp::{RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use switchboard_sfu::core::Output as CoreOutput;
 use switchboard_sfu::{
-    Command, DataKind, DataRouter, JoinParams, MediaCore, ParticipantId, PcLayout, PeerRole,
-    PendingTrack, RoutedData, SfuEvent, TrackId, TrackKind,
+    Command, JoinParams, MediaCore, ParticipantId, PcLayout, PeerRole, PendingTrack, SfuEvent,
+    TrackId, TrackKind,
 };
 use tokio::sync::mpsc;
 
+use crate::common::EchoRouter;
+
 /// The core's media address.
 pub const SERVER: &str = "10.0.0.1:7882";
-
-/// Relays data as is to everyone.
-pub struct EchoRouter;
-
-impl DataRouter for EchoRouter {
-    fn route(&mut self, _kind: DataKind, payload: &[u8]) -> Option<RoutedData> {
-        Some(RoutedData {
-            payload: payload.to_vec(),
-            destinations: Vec::new(),
-        })
-    }
-}
 
 /// One client peer connection.
 pub struct Pc {
