@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use crate::layer::Layer;
+use crate::vp8::{Vp8Descriptor, Vp8Fields, Vp8Munger};
 
 /// What the forwarder needs to know of one incoming packet.
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +22,8 @@ pub struct LayerPacket {
     pub keyframe: bool,
     /// Arrival time.
     pub now: Instant,
+    /// The VP8 payload descriptor, for VP8 packets that carry a well-formed one.
+    pub vp8: Option<Vp8Descriptor>,
 }
 
 /// Header fields for the forwarded copy of a packet.
@@ -30,6 +33,9 @@ pub struct ForwardedHeader {
     pub seq: u64,
     /// Outgoing RTP timestamp.
     pub ts: u32,
+    /// VP8 descriptor fields to write into the payload, when they differ from the packet's
+    /// own (after a layer switch); `None`: forward the payload as it came.
+    pub vp8: Option<Vp8Fields>,
 }
 
 /// The last packet an outgoing stream carried.
@@ -56,6 +62,8 @@ pub struct Forwarder {
     /// Added (wrapping) to incoming timestamps of the current layer.
     ts_offset: u32,
     last_out: Option<(u64, u32, Instant)>,
+    /// Renumbers VP8 PictureID/TL0PICIDX/KEYIDX across switches.
+    vp8: Vp8Munger,
 }
 
 impl Forwarder {
@@ -71,6 +79,7 @@ impl Forwarder {
             out_base: u64::from(first_seq),
             ts_offset: 0,
             last_out: None,
+            vp8: Vp8Munger::default(),
         }
     }
 
@@ -125,11 +134,18 @@ impl Forwarder {
             Some((last_seq, _, _)) if seq <= last_seq => {}
             _ => self.last_out = Some((seq, ts, p.now)),
         }
-        Some(ForwardedHeader { seq, ts })
+        let vp8 = p.vp8.and_then(|d| match self.vp8.map(&d) {
+            (fields, true) => Some(fields),
+            (_, false) => None,
+        });
+        Some(ForwardedHeader { seq, ts, vp8 })
     }
 
     fn switch_to(&mut self, p: LayerPacket) {
         self.current = Some(p.layer);
+        if let Some(d) = &p.vp8 {
+            self.vp8.switch(d);
+        }
         self.in_base = p.seq;
         match self.last_out {
             None => {
@@ -159,6 +175,7 @@ mod tests {
             ts,
             keyframe,
             now: at,
+            vp8: None,
         }
     }
 

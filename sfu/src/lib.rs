@@ -21,6 +21,7 @@ mod datagram;
 mod driver;
 mod forwarder;
 mod ids;
+mod keyframe;
 mod layer;
 mod metrics;
 mod placement;
@@ -29,6 +30,7 @@ mod sdp_munge;
 mod session;
 mod subscription;
 mod track;
+mod vp8;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -41,6 +43,7 @@ pub use forwarder::{ForwardedHeader, ForwardedState, Forwarder, LayerPacket};
 pub use ids::{ParticipantId, TrackId};
 pub use layer::{Layer, PerLayer};
 pub use metrics::{DispatchLoad, SfuMetrics, ThreadLoad};
+pub use vp8::{Vp8Descriptor, Vp8Fields, Vp8Munger};
 
 /// Settings of the media plane, taken from the `[rtc]` configuration section.
 #[derive(Debug, Clone)]

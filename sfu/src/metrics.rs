@@ -30,6 +30,9 @@ pub struct SfuMetrics {
     pub session_panics: AtomicU64,
     /// Subscriptions refused because the track is not in the subscriber's room.
     pub subscriptions_refused: AtomicU64,
+    /// Keyframe requests (PLI/FIR) sent to publishers, after aggregation across subscribers
+    /// and the per-layer throttle.
+    pub keyframe_requests: AtomicU64,
     /// Load of each media thread, by index.
     pub threads: Vec<ThreadLoad>,
     /// The single-port dispatcher (with more than one media thread).

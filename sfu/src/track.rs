@@ -1,9 +1,10 @@
 //! A published track as the room receives it (LiveKit's "receiver"): which participant and
-//! section it comes from, its codec, which simulcast layers are flowing, the keyframe-request
-//! throttle per layer, and its subscriptions. Time is an argument.
+//! section it comes from, its codec, which simulcast layers are flowing, its keyframe requests
+//! (`keyframe.rs`), and its subscriptions. Time is an argument.
 
 use std::time::{Duration, Instant};
 
+use crate::keyframe::KeyframeRequests;
 use crate::layer::{Layer, PerLayer};
 use crate::session::{Codec, Section};
 use crate::subscription::Subscription;
@@ -11,8 +12,6 @@ use crate::{ParticipantId, TrackKind};
 
 /// A simulcast layer with no packet for this long is considered stopped.
 pub(crate) const LAYER_STALE: Duration = Duration::from_millis(1500);
-/// Minimum spacing of keyframe requests to a publisher, per layer.
-pub(crate) const PLI_INTERVAL: Duration = Duration::from_millis(500);
 
 /// One published track. See the module docs.
 #[derive(Debug)]
@@ -26,7 +25,8 @@ pub(crate) struct Track {
     /// The codec of the last packet (`None` before the first).
     pub codec: Option<Codec>,
     layer_seen: PerLayer<Option<Instant>>,
-    last_pli: PerLayer<Option<Instant>>,
+    /// Keyframe requests to the publisher, per layer.
+    pub keyframes: KeyframeRequests,
     /// Every subscription to this track, in subscription order.
     pub subscriptions: Vec<Subscription>,
 }
@@ -46,7 +46,7 @@ impl Track {
             rids,
             codec: None,
             layer_seen: PerLayer::default(),
-            last_pli: PerLayer::default(),
+            keyframes: KeyframeRequests::default(),
             subscriptions: Vec::new(),
         }
     }
@@ -82,17 +82,6 @@ impl Track {
                 .or_else(|| cap.above().find(|l| live(*l)))
                 .unwrap_or(Layer::Low)
         }))
-    }
-
-    /// Whether a keyframe request for `layer` may go out now (at most one per
-    /// [`PLI_INTERVAL`] per layer); if so, it counts as sent.
-    pub fn keyframe_request_due(&mut self, layer: Layer, now: Instant) -> bool {
-        let slot = &mut self.last_pli[layer];
-        if slot.is_some_and(|t| now.saturating_duration_since(t) < PLI_INTERVAL) {
-            return false;
-        }
-        *slot = Some(now);
-        true
     }
 
     /// The rid of a layer, if the track is simulcast.
@@ -133,15 +122,5 @@ mod tests {
         let later = t0 + LAYER_STALE + Duration::from_millis(1);
         t.saw(Layer::Low, later);
         assert_eq!(t.targets(later).0, [Layer::Low; 3]);
-    }
-
-    #[test]
-    fn keyframe_requests_are_throttled_per_layer() {
-        let t0 = Instant::now();
-        let mut t = track();
-        assert!(t.keyframe_request_due(Layer::High, t0));
-        assert!(!t.keyframe_request_due(Layer::High, t0 + Duration::from_millis(499)));
-        assert!(t.keyframe_request_due(Layer::Low, t0 + Duration::from_millis(1)));
-        assert!(t.keyframe_request_due(Layer::High, t0 + PLI_INTERVAL));
     }
 }

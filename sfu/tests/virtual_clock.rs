@@ -307,3 +307,179 @@ fn leaving_last_participant_removes_the_room_and_its_sessions() {
     assert_eq!((s.rooms, s.participants, s.sessions), (0, 0, 0));
     assert!(!net.core.has_room("room"));
 }
+
+/// A VP8 payload whose descriptor carries a 15-bit PictureID and TL0PICIDX, ending in `tag`.
+fn vp8_numbered(key: bool, picture_id: u16, tl0: u8, tag: u8) -> Vec<u8> {
+    let mut p = vec![
+        0x90,
+        0xc0,
+        0x80 | (picture_id >> 8) as u8,
+        picture_id as u8,
+        tl0,
+    ];
+    if key {
+        p.extend_from_slice(&[0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00, 0x00]);
+    } else {
+        p.push(0x01);
+    }
+    p.push(tag);
+    p
+}
+
+#[test]
+fn vp8_picture_ids_stay_continuous_across_a_layer_switch() {
+    let mut net = Net::new();
+    let alice = net.join("room", "alice", PcLayout::Single);
+    let bob = net.join("room", "bob", PcLayout::Single);
+    let rids = ["q", "h", "f"];
+    let (track, mid) = net.publish(alice, TrackKind::Video, &rids);
+    connect(&mut net, &[alice, bob]);
+    let pt = net.pt_of(alice, Codec::Vp8);
+    // Each layer is its own encoder: its own PictureID and TL0PICIDX bases.
+    let bases = [(100u16, 10u8), (20_000, 77), (32_700, 250)];
+    let mut seq = 1u64;
+    let mut picture = 0u16;
+    let mut send_all = |net: &mut Net, key: bool| {
+        for (l, rid) in rids.iter().enumerate() {
+            let (pic, tl0) = bases[l];
+            let p = vp8_numbered(
+                key,
+                (pic + picture) % 32_768,
+                tl0.wrapping_add(picture as u8),
+                l as u8,
+            );
+            net.write(alice, mid, Some(rid), pt, seq, p);
+        }
+        seq += 1;
+        picture += 1;
+        net.run(10);
+    };
+    send_all(&mut net, true);
+    net.wait_event(alice, |e| {
+        matches!(e, SfuEvent::TrackLive { .. }).then_some(())
+    });
+    let bob_id = net.clients[bob].id;
+    let cap = |net: &mut Net, layer| {
+        net.core.handle_command(
+            net.now,
+            Command::SetMaxLayer {
+                participant: bob_id,
+                track,
+                layer,
+            },
+        )
+    };
+    cap(&mut net, Layer::Low);
+    net.subscribe(bob, track);
+    // Low, then high, then medium, switching on keyframes every 20 pictures.
+    for (round, layer) in [Layer::Low, Layer::High, Layer::Medium]
+        .into_iter()
+        .enumerate()
+    {
+        if round > 0 {
+            cap(&mut net, layer);
+        }
+        for i in 0..45u32 {
+            send_all(&mut net, i.is_multiple_of(20));
+        }
+    }
+    let got = net.received(bob);
+    let layers: Vec<u8> = got
+        .iter()
+        .filter_map(|p| p.payload.last().copied())
+        .collect();
+    assert!(layers.contains(&0) && layers.contains(&2) && layers.ends_with(&[1]));
+    // One picture per packet here: PictureID and TL0PICIDX go up by one from packet to packet
+    // (mod their widths), except where a packet itself is missing (sequence gap of the same size).
+    let fields: Vec<(u64, u16, u8)> = got
+        .iter()
+        .map(|p| {
+            let d = switchboard_sfu::Vp8Descriptor::parse(&p.payload).expect("descriptor");
+            let (pic, long) = d.picture_id.expect("picture id");
+            assert!(long, "a 15-bit PictureID stays 15-bit");
+            (*p.seq_no, pic, d.tl0picidx.expect("tl0picidx"))
+        })
+        .collect();
+    for w in fields.windows(2) {
+        let (s0, p0, t0) = w[0];
+        let (s1, p1, t1) = w[1];
+        let step = s1 - s0;
+        assert!(step <= 2, "at most one packet lost at a switch: {w:?}");
+        assert_eq!((p0 as u64 + step) % 32_768, p1 as u64, "PictureID: {w:?}");
+        assert_eq!(t0.wrapping_add(step as u8), t1, "TL0PICIDX: {w:?}");
+    }
+}
+
+#[test]
+fn a_keyframe_that_does_not_come_is_asked_for_again_until_it_does() {
+    let mut net = Net::new();
+    let alice = net.join("room", "alice", PcLayout::Single);
+    let bob = net.join("room", "bob", PcLayout::Dual);
+    let (track, mid) = net.publish(alice, TrackKind::Video, &[]);
+    connect(&mut net, &[alice, bob]);
+    let pt = go_live(&mut net, alice, mid, 5);
+    net.subscribe(bob, track);
+    let asked_from = net.now;
+    // A static screen share: one delta frame, then nothing for 3 s (the publisher ignores
+    // the requests, as if each PLI or its keyframe were lost).
+    net.write(alice, mid, None, pt, 2, vp8_delta(5));
+    net.run(3_000);
+    let requests: Vec<_> = net.clients[alice].pcs[0]
+        .keyframe_requests
+        .iter()
+        .map(|(at, _)| *at)
+        .filter(|at| *at >= asked_from)
+        .collect();
+    assert!(
+        (4..=8).contains(&requests.len()),
+        "asked again every throttle window: {} requests in 3 s",
+        requests.len()
+    );
+    assert!(
+        requests
+            .windows(2)
+            .all(|w| w[1] - w[0] >= std::time::Duration::from_millis(450)),
+        "never more than one per window"
+    );
+    assert!(
+        net.received(bob).is_empty(),
+        "nothing but a keyframe starts the stream"
+    );
+    // The keyframe comes: bob sees it, and the requests stop.
+    net.write(alice, mid, None, pt, 3, vp8_keyframe(5));
+    net.run(100);
+    assert_eq!(net.received(bob).len(), 1);
+    let n = net.clients[alice].pcs[0].keyframe_requests.len();
+    net.run(2_000);
+    assert_eq!(net.clients[alice].pcs[0].keyframe_requests.len(), n);
+}
+
+#[test]
+fn a_subscriber_inside_the_throttle_window_still_gets_its_keyframe() {
+    let mut net = Net::new();
+    let alice = net.join("room", "alice", PcLayout::Single);
+    let bob = net.join("room", "bob", PcLayout::Single);
+    let carol = net.join("room", "carol", PcLayout::Single);
+    let (track, mid) = net.publish(alice, TrackKind::Video, &[]);
+    connect(&mut net, &[alice, bob, carol]);
+    let pt = go_live(&mut net, alice, mid, 9);
+    net.subscribe(bob, track);
+    net.run(20);
+    // Bob's request was answered at once; carol comes 100 ms later, inside the window.
+    net.write(alice, mid, None, pt, 2, vp8_keyframe(9));
+    net.run(80);
+    assert_eq!(net.received(bob).len(), 1);
+    let before = net.clients[alice].pcs[0].keyframe_requests.len();
+    let carol_at = net.now;
+    net.subscribe(carol, track);
+    net.run(1_000);
+    let late: Vec<_> = net.clients[alice].pcs[0].keyframe_requests[before..]
+        .iter()
+        .map(|(at, _)| *at - carol_at)
+        .collect();
+    assert!(
+        late.first()
+            .is_some_and(|d| *d <= std::time::Duration::from_millis(1_000)),
+        "carol's keyframe request went out within 1 s: {late:?}"
+    );
+}

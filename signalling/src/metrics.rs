@@ -214,6 +214,12 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "Subscriptions refused: the track is not in the subscriber's room",
         SfuMetrics::count(&m.subscriptions_refused),
     );
+    counter(
+        &mut reg,
+        "keyframe_requests",
+        "Keyframe requests (PLI/FIR) sent to publishers, after aggregation and throttling",
+        SfuMetrics::count(&m.keyframe_requests),
+    );
     media_threads(&mut reg, m);
     let mut body = String::new();
     if encode(&mut body, &reg).is_err() {

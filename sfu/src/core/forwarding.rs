@@ -5,11 +5,15 @@
 //! Per packet: no allocation in our code (the payload is shared), no lock, no channel hop, no
 //! log line; counters are plain integers of the core.
 
-use crate::codec::is_keyframe_start;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::codec::{is_keyframe_start, MediaCodec};
 use crate::forwarder::LayerPacket;
 use crate::layer::{Layer, PerLayer};
 use crate::room::Room;
 use crate::session::{KeyframeKind, RtpIn, Section};
+use crate::vp8::{Vp8Descriptor, Vp8Fields};
 use crate::{DataKind, PeerRole, SfuEvent, TrackId, TrackKind};
 
 use super::{MediaCore, RoomKey, SessionRef};
@@ -52,14 +56,25 @@ impl MediaCore {
         };
         let video = track.is_video();
         let targets = track.targets(now);
-        let keyframe = video && is_keyframe_start(codec.media_codec(), &pkt.payload);
+        let media_codec = codec.media_codec();
+        let keyframe = video && is_keyframe_start(media_codec, &pkt.payload);
+        let vp8 = (media_codec == MediaCodec::Vp8)
+            .then(|| Vp8Descriptor::parse(&pkt.payload))
+            .flatten();
+        if keyframe {
+            track.keyframes.arrived(pkt.layer);
+        }
         let lp = LayerPacket {
             layer: pkt.layer,
             seq: pkt.seq,
             ts: pkt.ts,
             keyframe,
             now,
+            vp8,
         };
+        // Payloads with renumbered VP8 descriptors, shared by the subscriptions that need the
+        // same numbers (usually none: only a subscription that switched layers needs its own).
+        let mut rewritten = Rewritten::default();
         // Layers some subscription waits for a keyframe of (asked for below).
         let mut waiting = PerLayer([false; 3]);
         let mut panicked: Option<SessionRef> = None;
@@ -75,6 +90,10 @@ impl MediaCore {
                 waiting[target] = true;
             }
             let Some(h) = header else { continue };
+            let payload = match (h.vp8, &vp8) {
+                (Some(fields), Some(d)) => rewritten.get(fields, d, &pkt.payload),
+                _ => pkt.payload.clone(),
+            };
             let Some(p) = participants.get_mut(&sub.subscriber) else {
                 continue;
             };
@@ -94,7 +113,7 @@ impl MediaCore {
                 h.seq,
                 h.ts,
                 pkt.marker,
-                pkt.payload.clone(),
+                payload,
                 video,
             ) {
                 Ok(true) => {
@@ -121,8 +140,9 @@ impl MediaCore {
         }
     }
 
-    /// Asks a track's publisher for a keyframe of `layer` (default: the highest flowing one),
-    /// at most once per `PLI_INTERVAL` per layer.
+    /// A keyframe of `layer` (default: the highest flowing one) is needed from a track's
+    /// publisher: asked for now, or when the track's throttle window ends, and again until it
+    /// arrives (`keyframe.rs`).
     pub(super) fn request_keyframe(
         &mut self,
         room: RoomKey,
@@ -131,22 +151,84 @@ impl MediaCore {
         kind: KeyframeKind,
     ) {
         let now = self.now;
-        let Some(r) = self.rooms.get_mut(&room) else {
-            return;
-        };
-        let Some(track) = r.tracks.get_mut(&track_id) else {
+        let Some(track) = self
+            .rooms
+            .get_mut(&room)
+            .and_then(|r| r.tracks.get_mut(&track_id))
+        else {
             return;
         };
         if track.kind != TrackKind::Video {
             return;
         }
         let layer = layer.unwrap_or_else(|| track.targets(now)[Layer::High]);
-        if !track.keyframe_request_due(layer, now) {
-            return;
+        let send = track.keyframes.want(layer, now);
+        if !self.keyframe_waits.contains(&(room, track_id)) {
+            self.keyframe_waits.push((room, track_id));
         }
+        if send {
+            self.send_keyframe_request(room, track_id, layer, kind);
+        }
+    }
+
+    /// Sends the deferred and repeated keyframe requests due at `now`; forgets tracks that
+    /// wait for nothing any more.
+    pub(super) fn keyframe_timers(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.keyframe_waits.len() {
+            let (room, track_id) = self.keyframe_waits[i];
+            let Some(track) = self
+                .rooms
+                .get_mut(&room)
+                .and_then(|r| r.tracks.get_mut(&track_id))
+            else {
+                self.keyframe_waits.swap_remove(i);
+                continue;
+            };
+            let due = track.keyframes.poll_due(now);
+            if !track.keyframes.waiting() {
+                self.keyframe_waits.swap_remove(i);
+            } else {
+                i += 1;
+            }
+            for layer in Layer::ALL {
+                if due[layer] {
+                    self.send_keyframe_request(room, track_id, layer, KeyframeKind::Pli);
+                }
+            }
+        }
+    }
+
+    /// When the next deferred or repeated keyframe request is due.
+    pub(super) fn next_keyframe_due(&self) -> Option<Instant> {
+        self.keyframe_waits
+            .iter()
+            .filter_map(|(room, track)| {
+                self.rooms
+                    .get(room)?
+                    .tracks
+                    .get(track)?
+                    .keyframes
+                    .next_due()
+            })
+            .min()
+    }
+
+    fn send_keyframe_request(
+        &mut self,
+        room: RoomKey,
+        track_id: TrackId,
+        layer: Layer,
+        kind: KeyframeKind,
+    ) {
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let Some(track) = r.tracks.get(&track_id) else {
+            return;
+        };
         let section = track.section;
         let publisher = track.publisher;
-        let rid = track.rid(layer).map(str::to_string);
         let Some(p) = r.participants.get_mut(&publisher) else {
             return;
         };
@@ -155,13 +237,12 @@ impl MediaCore {
             participant: publisher,
             role: PeerRole::Publisher,
         };
-        if p.publisher
-            .request_keyframe(section, rid.as_deref(), kind)
-            .is_err()
-        {
+        let rid = track.rid(layer);
+        if p.publisher.request_keyframe(section, rid, kind).is_err() {
             self.session_panicked(sref);
             return;
         }
+        self.stats.keyframe_requests += 1;
         self.mark_dirty(sref);
     }
 
@@ -292,5 +373,35 @@ impl MediaCore {
         if let Some(track) = track {
             self.end_track(sref.room, track);
         }
+    }
+}
+
+/// Rewritten copies of one packet's payload, by the VP8 fields written into them. A few
+/// distinct numberings at most per packet (one per group of subscriptions that switched
+/// layers at the same picture); past [`Rewritten::SLOTS`] each gets its own copy.
+#[derive(Default)]
+struct Rewritten {
+    slots: [Option<(Vp8Fields, Arc<[u8]>)>; Rewritten::SLOTS],
+}
+
+impl Rewritten {
+    const SLOTS: usize = 4;
+
+    fn get(&mut self, fields: Vp8Fields, d: &Vp8Descriptor, payload: &Arc<[u8]>) -> Arc<[u8]> {
+        let mut free = None;
+        for (i, slot) in self.slots.iter().enumerate() {
+            match slot {
+                Some((f, p)) if *f == fields => return p.clone(),
+                None if free.is_none() => free = Some(i),
+                _ => {}
+            }
+        }
+        let mut copy = payload.to_vec();
+        d.write(fields, &mut copy);
+        let copy: Arc<[u8]> = copy.into();
+        if let Some(i) = free {
+            self.slots[i] = Some((fields, copy.clone()));
+        }
+        copy
     }
 }

@@ -101,6 +101,8 @@ pub struct CoreStats {
     pub session_panics: u64,
     /// Subscriptions refused: the track is not in the subscriber's room.
     pub subscriptions_refused: u64,
+    /// Keyframe requests (PLI/FIR) sent to publishers, after aggregation and throttling.
+    pub keyframe_requests: u64,
 }
 
 /// The media core. See the module docs.
@@ -120,6 +122,8 @@ pub struct MediaCore {
     dirty_round: Vec<SessionRef>,
     transmits: VecDeque<Datagram>,
     route_changes: VecDeque<RouteChange>,
+    /// Tracks with a keyframe asked for and not arrived (deferred or repeated requests).
+    keyframe_waits: Vec<(RoomKey, crate::TrackId)>,
     stats: CoreStats,
 }
 
@@ -140,6 +144,7 @@ impl MediaCore {
             dirty_round: Vec::with_capacity(64),
             transmits: VecDeque::with_capacity(256),
             route_changes: VecDeque::new(),
+            keyframe_waits: Vec::new(),
             stats: CoreStats::default(),
         }
     }
@@ -191,6 +196,9 @@ impl MediaCore {
     /// Runs the timers of every session due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
+        if self.next_keyframe_due().is_some_and(|t| t <= now) {
+            self.keyframe_timers(now);
+        }
         while let Some(sref) = self.timers.pop_due(now) {
             let Some(session) = self.session_mut(sref) else {
                 continue;
@@ -236,7 +244,9 @@ impl MediaCore {
     /// When the core next needs [`MediaCore::handle_timeout`].
     pub fn next_deadline(&self) -> Instant {
         let idle = self.now + IDLE_WAKE;
-        self.timers.next().map_or(idle, |t| t.min(idle))
+        let sessions = self.timers.next().map_or(idle, |t| t.min(idle));
+        self.next_keyframe_due()
+            .map_or(sessions, |t| t.min(sessions))
     }
 
     /// Counters and gauges.

@@ -404,6 +404,11 @@ impl Worker {
             s.subscriptions_refused,
             p.subscriptions_refused,
         );
+        add(
+            &m.keyframe_requests,
+            s.keyframe_requests,
+            p.keyframe_requests,
+        );
         gauge(&m.sessions, s.sessions, p.sessions);
         gauge(&m.published_tracks, s.published_tracks, p.published_tracks);
         gauge(&m.subscriptions, s.subscriptions, p.subscriptions);

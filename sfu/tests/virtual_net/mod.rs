@@ -34,6 +34,8 @@ pub struct Pc {
     pub rtc: Rtc,
     pub addr: SocketAddr,
     pub received: Vec<RtpPacket>,
+    /// Keyframe requests (PLI/FIR) the SFU sent this PC: when, and for which rid.
+    pub keyframe_requests: Vec<(Instant, Option<String>)>,
     pub connected: bool,
     /// An offer/answer round completed on it (only those can connect).
     pub negotiated: bool,
@@ -83,6 +85,7 @@ impl Net {
             rtc,
             addr,
             received: Vec::new(),
+            keyframe_requests: Vec::new(),
             connected: false,
             negotiated: false,
         }
@@ -148,6 +151,9 @@ impl Net {
                         Ok(Output::Event(e)) => match e {
                             Event::Connected => pc.connected = true,
                             Event::RtpPacket(p) => pc.received.push(p),
+                            Event::KeyframeRequest(r) => pc
+                                .keyframe_requests
+                                .push((now, r.rid.map(|r| r.to_string()))),
                             _ => {}
                         },
                         Ok(Output::Timeout(_)) | Err(_) => break,
