@@ -15,6 +15,7 @@
 //! stays behind `session.rs`. The packet path takes no lock, makes no channel hop and does not
 //! allocate in our code (str0m hands payloads as shared buffers).
 
+mod allocator;
 mod codec;
 pub mod core;
 mod datagram;
@@ -112,6 +113,9 @@ pub struct PendingTrack {
     /// Simulcast rids the client declared, lowest quality first (e.g. `["q","h","f"]`); empty
     /// for a single-layer track.
     pub rids: Vec<String>,
+    /// A screen share (LiveKit `TrackSource.SCREEN_SHARE`): its subscribers' bandwidth goes to
+    /// it before cameras.
+    pub screen_share: bool,
 }
 
 /// Data-channel delivery class (LiveKit's `_reliable` and `_lossy` channels).
@@ -186,6 +190,15 @@ pub enum SfuEvent {
     TrackEnded {
         /// The track.
         track: TrackId,
+    },
+    /// A subscribed video track was paused because the bandwidth towards this participant
+    /// cannot carry even its lowest layer (`paused`), or resumed (LiveKit `StreamStateUpdate`,
+    /// `PAUSED`/`ACTIVE`). Audio is never paused.
+    StreamPaused {
+        /// The subscribed track.
+        track: TrackId,
+        /// Paused (`true`) or flowing again.
+        paused: bool,
     },
     /// ICE and DTLS completed on a PC.
     Connected {

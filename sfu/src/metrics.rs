@@ -33,6 +33,10 @@ pub struct SfuMetrics {
     /// Keyframe requests (PLI/FIR) sent to publishers, after aggregation across subscribers
     /// and the per-layer throttle.
     pub keyframe_requests: AtomicU64,
+    /// Video subscriptions moved to a lower layer, or paused, by their subscriber's bandwidth.
+    pub bandwidth_downgrades: AtomicU64,
+    /// Video subscriptions moved up again, or resumed, as their subscriber's bandwidth allowed.
+    pub bandwidth_upgrades: AtomicU64,
     /// Load of each media thread, by index.
     pub threads: Vec<ThreadLoad>,
     /// The single-port dispatcher (with more than one media thread).

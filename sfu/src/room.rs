@@ -61,6 +61,8 @@ pub(crate) struct Participant {
     pub early: FxHashMap<TrackId, EarlySettings>,
     /// Sections of the downstream PC and the tracks they carry.
     pub plan: SectionPlan,
+    /// The bandwidth estimated towards it and what its allocator last did with it.
+    pub bandwidth: crate::core::Bandwidth,
 }
 
 impl Participant {
@@ -85,6 +87,7 @@ impl Participant {
             subscribed: Vec::new(),
             early: FxHashMap::default(),
             plan: SectionPlan::default(),
+            bandwidth: Default::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! is ready and paused, the layer cap it asked for, its [`Forwarder`] and its payload-type
 //! mapping. Always within one room: the room creates it only for a track of that room.
 
+use crate::allocator::Grant;
 use crate::forwarder::Forwarder;
 use crate::layer::Layer;
 use crate::session::{PtMapping, Section};
@@ -25,6 +26,8 @@ pub(crate) struct Subscription {
     pub paused: bool,
     /// Highest simulcast layer the subscriber asked for.
     pub max_layer: Layer,
+    /// What the subscriber's stream allocator grants it (video), from the bandwidth estimate.
+    pub grant: Grant,
     pub forwarder: Forwarder,
     pub pt: PtMapping,
 }

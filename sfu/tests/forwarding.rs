@@ -21,6 +21,7 @@ fn pending(track: TrackId, cid: &str, kind: TrackKind) -> PendingTrack {
         cid: cid.into(),
         kind,
         rids: Vec::new(),
+        screen_share: false,
     }
 }
 
@@ -250,6 +251,7 @@ fn simulcast_forwards_highest_flowing_layer_and_falls_back_on_keyframe() {
             cid: "cid-v".into(),
             kind: TrackKind::Video,
             rids: rids.iter().map(|r| r.to_string()).collect(),
+            screen_share: false,
         }],
     );
     let mid = mid.unwrap();

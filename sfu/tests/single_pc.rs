@@ -63,6 +63,7 @@ fn subscribed_track_rides_a_receive_only_section_with_livekit_msid() {
                 cid: "cid-v".into(),
                 kind: TrackKind::Video,
                 rids: vec![],
+                screen_share: false,
             },
         )],
     );
@@ -148,6 +149,7 @@ fn subscription_without_free_section_asks_for_more() {
                 cid: "cid-a".into(),
                 kind: TrackKind::Audio,
                 rids: vec![],
+                screen_share: false,
             },
         )],
     );
@@ -187,6 +189,7 @@ fn unsubscribing_frees_the_section_for_the_next_track_without_a_server_offer() {
         cid: cid.into(),
         kind: TrackKind::Audio,
         rids: vec![],
+        screen_share: false,
     };
     let mids = publisher.publish(
         &sfu,
@@ -280,6 +283,7 @@ fn single_pc_subscriber_gets_its_own_payload_types_and_answer_uses_only_offered_
         cid: cid.into(),
         kind,
         rids: vec![],
+        screen_share: false,
     };
     let mids = publisher.publish(
         &sfu,

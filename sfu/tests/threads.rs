@@ -39,6 +39,7 @@ impl Call {
                     cid: "cid-v".into(),
                     kind: TrackKind::Video,
                     rids: Vec::new(),
+                    screen_share: false,
                 },
             )],
         );

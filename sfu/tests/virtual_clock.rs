@@ -483,3 +483,109 @@ fn a_subscriber_inside_the_throttle_window_still_gets_its_keyframe() {
         "carol's keyframe request went out within 1 s: {late:?}"
     );
 }
+
+/// A VP8 payload of `len` bytes (keyframe or delta) ending in `tag`.
+fn vp8_sized(key: bool, len: usize, tag: u8) -> Vec<u8> {
+    let mut p = if key {
+        vp8_keyframe(tag)
+    } else {
+        vp8_delta(tag)
+    };
+    let last = p.pop().unwrap_or(tag);
+    p.resize(len.saturating_sub(1), 0);
+    p.push(last);
+    p
+}
+
+#[test]
+fn a_narrow_downlink_gets_the_low_layer_and_gets_the_high_one_back_when_it_widens() {
+    let mut net = Net::new();
+    let alice = net.join("room", "alice", PcLayout::Single);
+    let bob = net.join("room", "bob", PcLayout::Single);
+    let carol = net.join("room", "carol", PcLayout::Single);
+    let rids = ["q", "h", "f"];
+    let (track, mid) = net.publish(alice, TrackKind::Video, &rids);
+    connect(&mut net, &[alice, bob, carol]);
+    let pt = net.pt_of(alice, Codec::Vp8);
+    // Per 10 ms: q one 200-byte packet (~180 kbit/s with headers), h one 600-byte packet
+    // (~500 kbit/s), f two 1000-byte packets (~1.7 Mbit/s); keyframes every second.
+    let mut seq = [1u64; 3];
+    let mut tick = 0u64;
+    let mut send = |net: &mut Net, ms: u64| {
+        for _ in 0..ms / 10 {
+            let key = tick.is_multiple_of(100);
+            for (l, rid) in rids.iter().enumerate() {
+                let (n, len) = [(1, 200), (1, 600), (2, 1000)][l];
+                for _ in 0..n {
+                    net.write(
+                        alice,
+                        mid,
+                        Some(rid),
+                        pt,
+                        seq[l],
+                        vp8_sized(key, len, l as u8),
+                    );
+                    seq[l] += 1;
+                }
+            }
+            tick += 1;
+            net.run(10);
+        }
+    };
+    send(&mut net, 200);
+    net.wait_event(alice, |e| {
+        matches!(e, SfuEvent::TrackLive { .. }).then_some(())
+    });
+    net.subscribe(bob, track);
+    net.subscribe(carol, track);
+    send(&mut net, 3_000);
+    let layer_now = |net: &Net, who: usize| {
+        net.received(who)
+            .last()
+            .and_then(|p| p.payload.last().copied())
+    };
+    assert_eq!(
+        layer_now(&net, bob),
+        Some(2),
+        "a clean link starts on the high layer"
+    );
+    // Bob's downlink narrows to 400 kbit/s: within 10 s he is on the low layer; carol stays high.
+    net.clients[bob].pcs[0].downlink = Some(Link::new(400_000, 50));
+    let narrowed = net.received(bob).len();
+    send(&mut net, 10_000);
+    assert_eq!(
+        layer_now(&net, bob),
+        Some(0),
+        "bob moved down to the low layer"
+    );
+    assert_eq!(layer_now(&net, carol), Some(2), "carol's link is not bob's");
+    let tail: Vec<u8> = net.received(bob)[narrowed..]
+        .iter()
+        .rev()
+        .take(50)
+        .filter_map(|p| p.payload.last().copied())
+        .collect();
+    assert!(
+        tail.iter().all(|l| *l == 0),
+        "settled on the low layer: {tail:?}"
+    );
+    // The link widens again: back on the high layer within 15 s.
+    net.clients[bob].pcs[0].downlink = None;
+    let mut back_after = None;
+    for s in 0..15u64 {
+        send(&mut net, 1_000);
+        if layer_now(&net, bob) == Some(2) {
+            back_after = Some(s + 1);
+            break;
+        }
+    }
+    assert!(
+        back_after.is_some(),
+        "bob back on the high layer within 15 s"
+    );
+    let stats = net.core.stats();
+    assert!(
+        stats.bandwidth_downgrades >= 1 && stats.bandwidth_upgrades >= 1,
+        "{stats:?}"
+    );
+}

@@ -220,6 +220,18 @@ pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "Keyframe requests (PLI/FIR) sent to publishers, after aggregation and throttling",
         SfuMetrics::count(&m.keyframe_requests),
     );
+    counter(
+        &mut reg,
+        "bandwidth_downgrades",
+        "Video subscriptions moved to a lower layer or paused by their subscriber's bandwidth",
+        SfuMetrics::count(&m.bandwidth_downgrades),
+    );
+    counter(
+        &mut reg,
+        "bandwidth_upgrades",
+        "Video subscriptions moved up again or resumed as their subscriber's bandwidth allowed",
+        SfuMetrics::count(&m.bandwidth_upgrades),
+    );
     media_threads(&mut reg, m);
     let mut body = String::new();
     if encode(&mut body, &reg).is_err() {

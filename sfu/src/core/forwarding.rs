@@ -34,7 +34,7 @@ impl MediaCore {
         let Some(track) = tracks.get_mut(&pkt.track) else {
             return;
         };
-        track.saw(pkt.layer, now);
+        track.saw(pkt.layer, pkt.payload.len(), now);
         if track.codec.is_none_or(|c| c.payload_type() != pkt.pt) {
             let Some(publisher) = participants.get(&from.participant) else {
                 return;
@@ -84,7 +84,15 @@ impl MediaCore {
                 continue;
             }
             let Some(section) = sub.section else { continue };
-            let target = targets[sub.max_layer];
+            // Video goes at most at what the subscriber's bandwidth allows (none: paused).
+            let Some(limit) = (if video {
+                sub.grant.limit(sub.max_layer)
+            } else {
+                Some(sub.max_layer)
+            }) else {
+                continue;
+            };
+            let target = targets[limit];
             let header = sub.forwarder.forward(lp, target);
             if video && sub.forwarder.current_layer() != Some(target) {
                 waiting[target] = true;
@@ -353,10 +361,10 @@ impl MediaCore {
         p.publisher
             .bind(section, pending.track, pending.rids.clone());
         p.published.push(pending.track);
-        room.tracks.insert(
-            pending.track,
-            crate::track::Track::new(sref.participant, section, pending.kind, pending.rids),
-        );
+        let mut track =
+            crate::track::Track::new(sref.participant, section, pending.kind, pending.rids);
+        track.screen_share = pending.screen_share;
+        room.tracks.insert(pending.track, track);
         self.stats.published_tracks += 1;
     }
 

@@ -10,6 +10,7 @@
 //! `forwarding.rs` (the packet path, keyframe requests, data relay), `negotiation.rs` (joins,
 //! SDP, subscriptions, leaving), `single_pc.rs` (`/rtc/v1` receive sections).
 
+mod allocation;
 mod demux;
 mod forwarding;
 mod negotiation;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 
 pub use crate::datagram::Datagram;
+pub(crate) use allocation::Bandwidth;
 pub use demux::Demux;
 
 use crate::room::Room;
@@ -103,6 +105,10 @@ pub struct CoreStats {
     pub subscriptions_refused: u64,
     /// Keyframe requests (PLI/FIR) sent to publishers, after aggregation and throttling.
     pub keyframe_requests: u64,
+    /// Video subscriptions moved to a lower layer, or paused, by their subscriber's bandwidth.
+    pub bandwidth_downgrades: u64,
+    /// Video subscriptions moved up again (or resumed) as bandwidth allowed.
+    pub bandwidth_upgrades: u64,
 }
 
 /// The media core. See the module docs.
@@ -357,6 +363,7 @@ impl MediaCore {
             SessionEvent::Closed => {
                 self.end_participant(sref, "closed by peer".into(), true);
             }
+            SessionEvent::Bandwidth { bps } => self.bandwidth_estimate(sref, bps),
         }
     }
 

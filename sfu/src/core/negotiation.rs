@@ -60,7 +60,8 @@ impl MediaCore {
                 track,
                 paused,
             } => self.with_member(participant, |core, room| {
-                core.set_paused(room, participant, track, paused)
+                core.set_paused(room, participant, track, paused);
+                core.allocate(room, participant);
             }),
             Command::SetMaxLayer {
                 participant,
@@ -75,7 +76,10 @@ impl MediaCore {
                     .get_mut(&track)
                     .and_then(|t| t.subscription_mut(participant))
                 {
-                    Some(sub) => sub.max_layer = layer,
+                    Some(sub) => {
+                        sub.max_layer = layer;
+                        core.allocate(room, participant);
+                    }
                     None => {
                         if let Some(p) = r.participants.get_mut(&participant) {
                             p.early.entry(track).or_default().max_layer = Some(layer);
@@ -132,8 +136,10 @@ impl MediaCore {
         }
         let key = self.room_key(&room);
         let now = self.now;
-        let publisher = Session::new(&self.candidates, now);
-        let subscriber = (layout == PcLayout::Dual).then(|| Session::new(&self.candidates, now));
+        // The PC that carries subscribed media down estimates the bandwidth towards the client.
+        let publisher = Session::new(&self.candidates, now, layout == PcLayout::Single);
+        let subscriber =
+            (layout == PcLayout::Dual).then(|| Session::new(&self.candidates, now, true));
         for (s, role) in std::iter::once((&publisher, PeerRole::Publisher))
             .chain(subscriber.iter().map(|s| (s, PeerRole::Subscriber)))
         {
@@ -255,6 +261,9 @@ impl MediaCore {
         if new_ufrag != old_ufrag {
             self.change_ufrag(sref, &old_ufrag, &new_ufrag);
         }
+        if !woken.is_empty() {
+            self.allocate(room, participant);
+        }
         for track in woken {
             self.request_keyframe(room, track, None, KeyframeKind::Pli);
         }
@@ -315,6 +324,9 @@ impl MediaCore {
                 }
             }
         }
+        if !woken.is_empty() {
+            self.allocate(room, participant);
+        }
         let now = self.now;
         for (track, cap) in woken {
             let layer = self
@@ -370,6 +382,7 @@ impl MediaCore {
             ready: false,
             paused: early.paused.unwrap_or(false),
             max_layer: early.max_layer.unwrap_or(Layer::High),
+            grant: Default::default(),
             forwarder: Forwarder::new(video, track.clock_rate(), first_seq),
             pt: Default::default(),
         });

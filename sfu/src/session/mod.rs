@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rustc_hash::FxHashMap;
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
 use str0m::format::PayloadParams;
@@ -28,6 +29,11 @@ use crate::codec::MediaCodec;
 use crate::datagram::Datagram;
 use crate::layer::Layer;
 use crate::{DataKind, TrackId};
+
+/// Where a downstream session's bandwidth estimate starts (bits/s): enough for a 720p
+/// simulcast layer with audio, so a subscriber asking for HIGH gets it at once while the
+/// estimator confirms or corrects it within its first feedback rounds.
+pub const INITIAL_BANDWIDTH_BPS: u64 = 2_000_000;
 
 /// Largest data-channel message accepted and sent (bytes). livekit-client caps a single
 /// `DataPacket` well below this; data streams chunk larger payloads.
@@ -124,6 +130,9 @@ pub(crate) enum SessionEvent {
     Data { kind: DataKind, payload: Vec<u8> },
     /// The peer connection closed (DTLS close_notify or SCTP shutdown).
     Closed,
+    /// A new estimate of the bandwidth towards the peer, bits/s: send-side, from its TWCC
+    /// feedback (str0m's GoogCC), or the peer's REMB where it sends only that.
+    Bandwidth { bps: u64 },
 }
 
 /// What [`Session::poll`] gives.
@@ -221,8 +230,10 @@ pub(crate) struct Session {
 
 impl Session {
     /// A peer connection with host candidates on the shared media port: ICE-lite, RTP
-    /// mode, Opus + VP8 + H.264 (Constrained Baseline first).
-    pub fn new(candidates: &[SocketAddr], now: Instant) -> Self {
+    /// mode, Opus + VP8 + H.264 (Constrained Baseline first). `downstream`: it carries
+    /// subscribed media, so it estimates the bandwidth towards the peer (send-side BWE from
+    /// TWCC feedback, starting at [`INITIAL_BANDWIDTH_BPS`]) and paces what it sends.
+    pub fn new(candidates: &[SocketAddr], now: Instant, downstream: bool) -> Self {
         let mut cfg: RtcConfig = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
@@ -231,6 +242,9 @@ impl Session {
             .enable_vp8(true)
             .set_sctp_max_message_size(SCTP_MAX_MESSAGE_BYTES)
             .set_sctp_max_buffered_amount(SCTP_SEND_BUFFER_BYTES);
+        if downstream {
+            cfg = cfg.enable_bwe(Some(Bitrate::bps(INITIAL_BANDWIDTH_BPS)));
+        }
         {
             let codecs = cfg.codec_config();
             // Steer H.264 publishers to Constrained Baseline: every subscriber can decode it.
@@ -394,6 +408,20 @@ impl Session {
         }
     }
 
+    /// What the bandwidth estimator should sustain and discover towards the peer (bits/s):
+    /// `minimum` is filled with padding when media sends less (capped by the estimate),
+    /// `desired` is probed for. Only downstream sessions estimate; elsewhere a no-op.
+    pub fn set_bandwidth_target(
+        &mut self,
+        minimum: u64,
+        desired: u64,
+    ) -> Result<(), SessionPanicked> {
+        self.guard(|rtc| {
+            rtc.bwe()
+                .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(desired));
+        })
+    }
+
     /// Whether the peer connection is still usable (not closed, no fatal error).
     pub fn is_alive(&self) -> bool {
         self.rtc.is_alive()
@@ -541,6 +569,11 @@ impl Session {
                 None => return Ok(None),
             },
             Event::Closed => SessionEvent::Closed,
+            Event::EgressBitrateEstimate(
+                BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
+            ) => SessionEvent::Bandwidth {
+                bps: estimate.as_u64(),
+            },
             _ => return Ok(None),
         }))
     }

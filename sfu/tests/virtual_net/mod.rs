@@ -39,6 +39,53 @@ pub struct Pc {
     pub connected: bool,
     /// An offer/answer round completed on it (only those can connect).
     pub negotiated: bool,
+    /// A bottleneck on the way from the SFU to this PC, if any.
+    pub downlink: Option<Link>,
+}
+
+/// A bottleneck link: a rate in bits/s and a drop-tail queue of at most `max_delay` (what
+/// `tc tbf rate … latency …` does).
+#[derive(Debug)]
+pub struct Link {
+    pub rate_bps: u64,
+    pub max_delay: Duration,
+    busy_until: Option<Instant>,
+    queue: std::collections::VecDeque<(Instant, SocketAddr, SocketAddr, Vec<u8>)>,
+    /// Datagrams dropped at the full queue.
+    pub dropped: u64,
+}
+
+impl Link {
+    /// A link of `rate_bps` with a queue of `max_delay_ms`.
+    pub fn new(rate_bps: u64, max_delay_ms: u64) -> Self {
+        Self {
+            rate_bps,
+            max_delay: Duration::from_millis(max_delay_ms),
+            busy_until: None,
+            queue: Default::default(),
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr, data: Vec<u8>) {
+        let start = self.busy_until.map_or(now, |b| b.max(now));
+        if start - now > self.max_delay {
+            self.dropped += 1;
+            return;
+        }
+        let tx = Duration::from_nanos(data.len() as u64 * 8 * 1_000_000_000 / self.rate_bps);
+        let done = start + tx;
+        self.busy_until = Some(done);
+        self.queue.push_back((done, src, dst, data));
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
+        if self.queue.front().is_some_and(|(at, ..)| *at <= now) {
+            self.queue.pop_front().map(|(_, s, d, data)| (s, d, data))
+        } else {
+            None
+        }
+    }
 }
 
 /// One client: a participant with one PC (`/rtc/v1`, `PublishOnly`) or two (`/rtc`).
@@ -88,6 +135,7 @@ impl Net {
             keyframe_requests: Vec::new(),
             connected: false,
             negotiated: false,
+            downlink: None,
         }
     }
 
@@ -173,8 +221,19 @@ impl Net {
             else {
                 continue;
             };
+            if let Some(link) = &mut pc.downlink {
+                link.push(now, d.source, d.destination, d.contents);
+                continue;
+            }
             if let Ok(r) = Receive::new(Protocol::Udp, d.source, d.destination, &d.contents) {
                 let _ = pc.rtc.handle_input(Input::Receive(now, r));
+            }
+        }
+        for pc in self.clients.iter_mut().flat_map(|c| c.pcs.iter_mut()) {
+            while let Some((src, dst, data)) = pc.downlink.as_mut().and_then(|l| l.pop_due(now)) {
+                if let Ok(r) = Receive::new(Protocol::Udp, src, dst, &data) {
+                    let _ = pc.rtc.handle_input(Input::Receive(now, r));
+                }
             }
         }
         for c in &mut self.clients {
@@ -281,6 +340,7 @@ impl Net {
                 cid,
                 kind,
                 rids: rids.iter().map(|r| r.to_string()).collect(),
+                screen_share: false,
             }],
         );
         (track, mid.expect("mid"))

@@ -53,6 +53,11 @@ impl Session {
                 }
             }
             SfuEvent::TrackLive { track, mime } => self.track_live(track, mime),
+            SfuEvent::StreamPaused { track, paused } => {
+                if let Some(update) = self.stream_state(track, paused) {
+                    link.send(encode(Resp::StreamStateUpdate(update))).await;
+                }
+            }
             SfuEvent::TrackEnded { track } => self.track_ended(track),
             SfuEvent::Connected { role } => {
                 let primary = if self.perms.can_subscribe && !self.opts.single_pc {
@@ -77,6 +82,29 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// LiveKit `StreamStateUpdate` for a subscribed track paused or resumed by the subscriber's
+    /// bandwidth; `None` if the track is gone from the roster.
+    fn stream_state(&self, track: TrackId, paused: bool) -> Option<proto::StreamStateUpdate> {
+        let sid = self
+            .state
+            .rooms
+            .track_sids(&self.room, &[track])
+            .remove(&track)?;
+        let published = self.state.rooms.find_track(&self.room, &sid)?;
+        let state = if paused {
+            proto::StreamState::Paused
+        } else {
+            proto::StreamState::Active
+        };
+        Some(proto::StreamStateUpdate {
+            stream_states: vec![proto::StreamStateInfo {
+                participant_sid: published.publisher_sid.to_string(),
+                track_sid: sid.to_string(),
+                state: state as i32,
+            }],
+        })
     }
 
     /// `mid → TR_ sid` for `SessionDescription.mid_to_track_id`.

@@ -12,7 +12,7 @@ use switchboard_sfu::{Layer, PeerRole, PendingTrack};
 use super::{encode, now_ms, End, Session, Step};
 use crate::ids::TrackSid;
 use crate::livekit::link::SignalLink;
-use crate::rooms::{MetadataUpdate, VideoLayer};
+use crate::rooms::{MetadataUpdate, TrackSource, VideoLayer};
 
 impl Session {
     /// Handles one client request.
@@ -36,6 +36,7 @@ impl Session {
                         cid: t.track.cid.clone(),
                         kind: t.track.kind,
                         rids: t.rids.clone(),
+                        screen_share: t.track.source == TrackSource::ScreenShare,
                     })
                     .collect();
                 self.sfu().offer(self.pid, sd.sdp, pending)?;
