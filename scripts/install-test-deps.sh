@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the end-to-end tests need, idempotently, OUTSIDE the clone (but for the
 # browser tests' node_modules):
-#   - Debian packages: iproute2 (ip netns / veth), only if `ip` is missing; chromium, only if
+#   - Debian packages: iproute2 (ip netns / veth), only if `ip` is missing; nftables (random
+#     loss for the bandwidth tests), only if `nft` is missing; chromium, only if
 #     /usr/bin/chromium is missing;
 #   - a Python venv at ${SB_TEST_CACHE:-~/.cache/switchboard}/venv-<hash>, where <hash>
 #     covers tests/e2e/requirements.txt (hash-pinned lock) and the interpreter version, so a
@@ -21,6 +22,13 @@ if ! command -v ip >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   timeout 600 apt-get update -qq >&2
   timeout 600 apt-get install -y -qq --no-install-recommends iproute2 >&2
+fi
+# nftables: random loss on a subscriber's link (tests/e2e/test_bandwidth.py; no netem here)
+if ! command -v nft >/dev/null 2>&1 && [ ! -x /usr/sbin/nft ]; then
+  log "installing nftables (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  timeout 600 apt-get update -qq >&2
+  timeout 600 apt-get install -y -qq --no-install-recommends nftables >&2
 fi
 
 # --- Python interpreter ----------------------------------------------------------------

@@ -97,6 +97,26 @@ impl VideoDemand {
     }
 }
 
+/// Bits/s the demands use at their current grants (audio included): each gets the flowing
+/// layer the forwarder would pick under its grant; a fresh (`Unlimited`) one counts at its
+/// cap, a paused one as nothing.
+pub fn usage(audio_bps: u64, demands: &[VideoDemand]) -> u64 {
+    audio_bps
+        + demands
+            .iter()
+            .map(|d| {
+                let limit = match d.current {
+                    Grant::Unlimited => d.cap,
+                    Grant::Layer(l) => l.min(d.cap),
+                    Grant::Paused => return 0,
+                };
+                let mut at = VideoDemand { cap: limit, ..*d };
+                at.current = Grant::Unlimited;
+                at.candidates().last().map_or(0, |(_, r)| r)
+            })
+            .sum::<u64>()
+}
+
 /// Shares `estimate_bps` among `demands` after `audio_bps`. See the module docs.
 pub fn allocate(estimate_bps: u64, audio_bps: u64, demands: &[VideoDemand]) -> Allocation {
     let mut order: Vec<usize> = (0..demands.len()).collect();
@@ -306,6 +326,17 @@ mod tests {
         d.rates = PerLayer([None; 3]);
         let a = allocate(10_000_000, 0, &[d]);
         assert_eq!((a.grants[0], a.used_bps), (Grant::Unlimited, 0));
+    }
+
+    #[test]
+    fn usage_counts_what_the_current_grants_forward() {
+        let mut a = camera(Layer::High);
+        a.current = Grant::Layer(Layer::Medium);
+        let mut b = camera(Layer::Low);
+        b.current = Grant::Unlimited;
+        let mut c = camera(Layer::High);
+        c.current = Grant::Paused;
+        assert_eq!(usage(40_000, &[a, b, c]), 40_000 + 500_000 + 150_000);
     }
 
     #[test]

@@ -266,6 +266,67 @@ class Netns:
         return self.nshttp(*args, timeout=timeout + 10)
 
 
+class LinkedNetns(Netns):
+    """A client's own namespace, joined to the server's (`server_ns`) by a veth pair, so what
+    reaches this client can be shaped on its link alone: the server side is `sbl<i>s`
+    (10.254.<10+i>.1), the client side `sbl<i>c` (10.254.<10+i>.2, default route via the
+    server side). The client reaches the server at NODE_IP (`url`)."""
+
+    def __init__(self, server_ns: Netns, index: int) -> None:
+        super().__init__()
+        self.server_ns = server_ns
+        self.index = index
+        self.server_if = f"sbl{index}s"
+        self.client_if = f"sbl{index}c"
+        self.server_ip = f"10.254.{10 + index}.1"
+        self.client_ip = f"10.254.{10 + index}.2"
+        self.url = f"ws://{NODE_IP}:{HTTP_PORT}"
+        self.nft_table = f"sbshape{index}"
+
+    def create(self) -> "LinkedNetns":
+        ip, n, s = self.ip, self.name, self.server_ns.name
+        _run([ip, "netns", "add", n])
+        self.created = True
+        try:
+            _run([ip, "-n", n, "link", "set", "lo", "up"])
+            _run([ip, "-n", s, "link", "add", self.server_if, "type", "veth", "peer", "name", self.client_if,
+                  "netns", n])
+            _run([ip, "-n", s, "addr", "add", f"{self.server_ip}/24", "dev", self.server_if])
+            _run([ip, "-n", n, "addr", "add", f"{self.client_ip}/24", "dev", self.client_if])
+            _run([ip, "-n", s, "link", "set", self.server_if, "up"])
+            _run([ip, "-n", n, "link", "set", self.client_if, "up"])
+            _run([ip, "-n", n, "route", "add", "default", "via", self.server_ip])
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def shape(self, rate_kbit: int, loss_pct: int = 0) -> None:
+        """Limit what the server sends this client: `tc tbf` at `rate_kbit` (50 ms of queue),
+        and drop `loss_pct` % of its UDP datagrams at random (nftables)."""
+        s = self.server_ns.prefix()
+        _run(s + ["tc", "qdisc", "replace", "dev", self.server_if, "root", "tbf", "rate", f"{rate_kbit}kbit",
+                  "burst", "16kbit", "latency", "50ms"])
+        if loss_pct:
+            t = self.nft_table
+            _run(s + ["nft", "add", "table", "inet", t])
+            _run(s + ["nft", "add", "chain", "inet", t, "out", "{ type filter hook output priority 0 ; }"])
+            _run(s + ["nft", "add", "rule", "inet", t, "out", "oifname", self.server_if, "meta", "l4proto", "udp",
+                      "numgen", "random", "mod", "100", "<", str(loss_pct), "drop"])
+
+    def unshape(self) -> None:
+        s = self.server_ns.prefix()
+        _run(s + ["tc", "qdisc", "del", "dev", self.server_if, "root"], check=False)
+        _run(s + ["nft", "delete", "table", "inet", self.nft_table], check=False)
+
+
+def nft_bin() -> str | None:
+    for cand in (shutil.which("nft"), "/usr/sbin/nft", "/sbin/nft"):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
 def cleanup_stale_namespaces() -> None:
     """Delete sbtest-<pid>-<n> namespaces left by test runs whose process is gone."""
     ip = ip_bin()
@@ -434,6 +495,7 @@ class Peer:
     wait_timeout: float = 20.0
     token: str | None = None
     tag: str | None = None  # names the result/log files instead of the identity (two peers, one identity)
+    url: str = WS_URL  # a peer in a LinkedNetns reaches the server at its veth address
     proc: subprocess.Popen | None = None
 
     @property
@@ -450,7 +512,7 @@ class Peer:
 
     def start(self) -> "Peer":
         token = self.token or make_token(self.identity, self.room)
-        cmd = [PYTHON, str(PEER_SCRIPT), "--url", WS_URL, "--token", token, "--out", str(self.out),
+        cmd = [PYTHON, str(PEER_SCRIPT), "--url", self.url, "--token", token, "--out", str(self.out),
                "--duration", str(self.duration), "--single-pc", self.single_pc,
                "--connect-timeout", str(self.connect_timeout), "--wait-timeout", str(self.wait_timeout),
                "--settle", str(self.settle)]

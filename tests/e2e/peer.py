@@ -178,10 +178,14 @@ async def publish_audio(room: rtc.Room, args, result: dict, stop: asyncio.Event)
 
 
 # --------------------------------------------------------------------------- receive --
-async def receive_video(track: rtc.RemoteVideoTrack, rec: dict, stop: asyncio.Event, on_first=None) -> None:
+async def receive_video(track: rtc.RemoteVideoTrack, rec: dict, stop: asyncio.Event, on_first=None,
+                        on_size=None) -> None:
+    """Decode the track; `rec` gets frame counts, sizes, counters and each frame's arrival
+    time (`frame_t`); `on_size(w, h)` is called whenever the frame size changes."""
     stream = rtc.VideoStream(track, format=rtc.VideoBufferType.RGBA)
     seen: dict[int, float] = {}
-    rec.update(frames=0, undecodable=0, counters=[], first_frame_t=None, sizes={})
+    rec.update(frames=0, undecodable=0, counters=[], first_frame_t=None, sizes={}, frame_t=[])
+    last_size = None
     try:
         it = stream.__aiter__()
         while not stop.is_set():
@@ -198,6 +202,11 @@ async def receive_video(track: rtc.RemoteVideoTrack, rec: dict, stop: asyncio.Ev
                 rec["first_frame_t"] = now
             size = f"{f.width}x{f.height}"
             rec["sizes"][size] = rec["sizes"].get(size, 0) + 1
+            rec["frame_t"].append(round(now, 3))
+            if size != last_size:
+                last_size = size
+                if on_size:
+                    on_size(f.width, f.height)
             c = decode_counter(f)
             if c is None:
                 rec["undecodable"] += 1
@@ -467,8 +476,11 @@ async def run(args: argparse.Namespace, result: dict) -> int:
             # video: first frame with a decoded counter; audio: first frame
             ev("first_frame", identity=identity, kind=kind)
 
-        recv = receive_video if kind == "video" else receive_audio
-        coro = recv(track, rec, stop, first)
+        def size(w: int, h: int, identity=p.identity) -> None:
+            ev("video_size", identity=identity, width=w, height=h)
+
+        coro = (receive_video(track, rec, stop, first, size) if kind == "video"
+                else receive_audio(track, rec, stop, first))
         tasks.append(asyncio.ensure_future(coro))
 
     @on("track_unsubscribed")

@@ -286,12 +286,14 @@ def test_adaptive_stream_pauses_hidden_video(server, browser, subscriber, publis
     s1, f1 = bob.stats(), forwarded_video()
     time.sleep(SAMPLE_GAP_S)
     s2, f2 = bob.stats(), forwarded_video()
-    video_rise = inbound(cam(s2), "packetsReceived") - inbound(cam(s1), "packetsReceived")
+    # Media bytes, not packets: the server's bandwidth estimator keeps a little padding
+    # (payload-less RTP, which Chrome counts in packetsReceived) going to probe the link.
+    video_rise = inbound(cam(s2), "bytesReceived") - inbound(cam(s1), "bytesReceived")
     audio_rise = inbound(mic(s2), "packetsReceived") - inbound(mic(s1), "packetsReceived")
-    print(f"hidden for {SAMPLE_GAP_S}s: {video_rise} video, {audio_rise} audio packets received;"
+    print(f"hidden for {SAMPLE_GAP_S}s: {video_rise} video bytes, {audio_rise} audio packets received;"
           f" server forwarded {f2 - f1} video packets")
-    assert video_rise <= MAX_PACKETS_PAUSED, (
-        f"hidden video still forwarded: {video_rise} packets in {SAMPLE_GAP_S}s ({cam(s1)} -> {cam(s2)})")
+    assert video_rise <= MAX_PACKETS_PAUSED * 1200, (
+        f"hidden video still forwarded: {video_rise} bytes in {SAMPLE_GAP_S}s ({cam(s1)} -> {cam(s2)})")
     # bob is the only subscriber: the server's own counter shows it stopped forwarding
     assert f2 - f1 <= MAX_PACKETS_PAUSED, f"server forwarded {f2 - f1} video packets while hidden"
     assert audio_rise >= MIN_AUDIO_PACKETS_RISE, f"audio stopped with the video: {mic(s1)} -> {mic(s2)}"

@@ -1,11 +1,27 @@
 //! Bandwidth to layers: each subscriber's estimate (from its downstream session) goes through
 //! its stream allocator (`allocator.rs`), whose grants cap the layer each of its video
-//! subscriptions is forwarded at, or pause it; the estimator is then told what to sustain and
-//! what to probe for, so layers come back when bandwidth does.
+//! subscriptions is forwarded at, or pause it.
+//!
+//! A send-side estimate is capped near what is actually sent (GoogCC lets it grow to about
+//! 1.5x the acknowledged rate), so it says "congested" when it falls below what we send, but
+//! never "there is room for more". Hence the controller here:
+//! - **Congestion**: the estimate falls below [`KEEP_MARGIN`] of the current usage, or below
+//!   the usage for [`BELOW_FOR`]; layers go down (or video pauses) to what the estimate
+//!   carries.
+//! - **Hold**: after a change the estimate needs time to follow the new rate; no judgement
+//!   for [`HOLD`].
+//! - **Probe**: with no congestion and a subscription below its cap, the estimator is asked
+//!   to probe towards the caps every back-off period ([`TRIAL_BACKOFF_MIN`], doubled after
+//!   each probe that found no room, at most [`TRIAL_BACKOFF_MAX`]); a probe that finds room
+//!   raises the estimate, and the allocator moves up with headroom. Media is never raised
+//!   on a guess.
+//! - **Resume**: a subscription that resumes (or is new) starts where it was (or at its cap):
+//!   its demand is held from judgement like a change, so what was fine before is tried
+//!   first and comes down only if the estimate then shows congestion.
 
 use std::time::{Duration, Instant};
 
-use crate::allocator::{allocate, Grant, VideoDemand, NOMINAL_LAYER_BPS};
+use crate::allocator::{allocate, usage, Grant, VideoDemand, KEEP_MARGIN, NOMINAL_LAYER_BPS};
 use crate::layer::Layer;
 use crate::{ParticipantId, SfuEvent, TrackId};
 
@@ -15,6 +31,17 @@ use super::{MediaCore, RoomKey, SessionRef};
 const REALLOCATE_EVERY: Duration = Duration::from_millis(500);
 /// An estimate that moves by more than this share reallocates at once.
 const REALLOCATE_ON_CHANGE: f64 = 0.1;
+/// After a change of grants, how long the estimate gets to follow before congestion is judged.
+pub(crate) const HOLD: Duration = Duration::from_secs(2);
+/// Shortest wait between two trial upgrades.
+pub(crate) const TRIAL_BACKOFF_MIN: Duration = Duration::from_secs(3);
+/// Longest wait between two trial upgrades (after repeated congestion).
+pub(crate) const TRIAL_BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// An estimate below the usage for this long is congestion too (however little below).
+pub(crate) const BELOW_FOR: Duration = Duration::from_millis(1500);
+/// How often every subscriber's allocation is revisited even without a new estimate.
+pub(crate) const BANDWIDTH_TICK: Duration = Duration::from_millis(500);
+
 /// Rate assumed for an audio track before it has been measured (bits/s; Opus at 32 kbit/s
 /// plus packet overhead).
 const NOMINAL_AUDIO_BPS: u64 = 50_000;
@@ -28,6 +55,17 @@ pub(crate) struct Bandwidth {
     allocated_with: Option<(u64, Instant)>,
     /// (minimum, desired) last given to the estimator.
     target: (u64, u64),
+    /// No congestion judgement before this (the estimate follows a change of grants).
+    hold_until: Option<Instant>,
+    /// Earliest next trial upgrade, and the current back-off.
+    next_trial: Option<Instant>,
+    backoff: Duration,
+    /// The last change was a trial upgrade, not yet judged.
+    trial: bool,
+    /// Active video subscriptions at the last allocation.
+    last_demands: usize,
+    /// Since when the estimate has been below the usage.
+    below_since: Option<Instant>,
 }
 
 impl MediaCore {
@@ -108,7 +146,56 @@ impl MediaCore {
             });
             ids.push(*track_id);
         }
-        let alloc = allocate(estimate, audio_bps, &demands);
+        let bw = p.bandwidth;
+        let used_now = usage(audio_bps, &demands);
+        // A subscription resumed or added since the last allocation gets the hold too: the
+        // estimate has not seen its media yet.
+        let grew = demands.len() > bw.last_demands;
+        let held = grew || bw.hold_until.is_some_and(|t| now < t);
+        // Congested: the estimate well below what is sent, or below it for a while.
+        let below = estimate < used_now;
+        let below_since = if below {
+            bw.below_since.or(Some(now))
+        } else {
+            None
+        };
+        let congested = !held
+            && ((estimate as f64) < KEEP_MARGIN * used_now as f64
+                || below_since.is_some_and(|t| now.saturating_duration_since(t) >= BELOW_FOR));
+        let backoff = if bw.backoff.is_zero() {
+            TRIAL_BACKOFF_MIN
+        } else {
+            bw.backoff
+        };
+        let (budget, reprobe, backoff) = if congested {
+            // Too much: down to what the estimate carries.
+            (estimate, false, backoff)
+        } else if !held && bw.next_trial.is_none_or(|t| now >= t) {
+            // Time to look for more: have the estimator probe again towards the caps (a probe
+            // that finds room raises the estimate, and the allocator then moves up). The last
+            // probe found nothing if nothing moved up since: wait twice as long next time.
+            let backoff = if bw.trial {
+                (backoff * 2).min(TRIAL_BACKOFF_MAX)
+            } else {
+                backoff
+            };
+            (estimate.max(used_now), true, backoff)
+        } else {
+            // Nothing to judge: keep what flows (or more, if the estimate allows it).
+            (estimate.max(used_now), false, backoff)
+        };
+        let alloc = allocate(budget, audio_bps, &demands);
+        tracing::trace!(
+            participant = participant.0,
+            estimate,
+            budget,
+            congested,
+            audio_bps,
+            used = alloc.used_bps,
+            wanted = alloc.wanted_bps,
+            grants = ?alloc.grants,
+            "allocation"
+        );
         let mut changes: Vec<(TrackId, bool)> = Vec::new();
         for (track_id, grant) in ids.iter().zip(&alloc.grants) {
             let Some(sub) = r
@@ -141,10 +228,29 @@ impl MediaCore {
             }
             sub.grant = *grant;
         }
+        let changed = alloc.used_bps != used_now;
         let Some(p) = r.participants.get_mut(&participant) else {
             return;
         };
         p.bandwidth.allocated_with = Some((estimate, now));
+        p.bandwidth.backoff = backoff;
+        p.bandwidth.last_demands = demands.len();
+        p.bandwidth.below_since = if congested { None } else { below_since };
+        if grew {
+            p.bandwidth.hold_until = Some(now + HOLD);
+        }
+        if changed {
+            p.bandwidth.hold_until = Some(now + HOLD);
+        }
+        let below_caps = alloc.wanted_bps > alloc.used_bps;
+        if reprobe {
+            p.bandwidth.next_trial = Some(now + backoff);
+            p.bandwidth.trial = below_caps;
+        } else if alloc.used_bps > used_now {
+            // Moved up: the probe (or the estimate) found room; the next wait is short.
+            p.bandwidth.trial = false;
+            p.bandwidth.backoff = TRIAL_BACKOFF_MIN;
+        }
         for (track, paused) in changes {
             p.emit(SfuEvent::StreamPaused { track, paused });
         }
@@ -154,7 +260,8 @@ impl MediaCore {
         let target = (alloc.used_bps, alloc.wanted_bps.max(alloc.next_step_bps));
         let (old_min, old_desired) = p.bandwidth.target;
         let moved = |a: u64, b: u64| a.abs_diff(b) as f64 > 0.05 * (b.max(1) as f64);
-        if moved(target.0, old_min) || moved(target.1, old_desired) {
+        let probe = reprobe && below_caps && target.1 > estimate;
+        if probe || moved(target.0, old_min) || moved(target.1, old_desired) {
             p.bandwidth.target = target;
             let Some(role) = p.downstream() else {
                 return;
@@ -167,11 +274,38 @@ impl MediaCore {
                 participant,
                 role,
             };
-            if session.set_bandwidth_target(target.0, target.1).is_err() {
+            // Lowering the desired rate first makes the raise below a new allocation probe
+            // (str0m probes when the desired rate goes up past its estimate).
+            let lowered = if probe {
+                session.set_bandwidth_target(target.0, target.0)
+            } else {
+                Ok(())
+            };
+            if lowered
+                .and_then(|()| session.set_bandwidth_target(target.0, target.1))
+                .is_err()
+            {
                 self.session_panicked(sref);
                 return;
             }
             self.mark_dirty(sref);
+        }
+    }
+}
+
+impl MediaCore {
+    /// Revisits every subscriber's allocation (trials and holds end without new estimates).
+    pub(super) fn bandwidth_tick(&mut self) {
+        let mut due = Vec::new();
+        for (key, r) in &self.rooms {
+            for (pid, p) in &r.participants {
+                if p.bandwidth.estimate_bps.is_some() {
+                    due.push((*key, *pid));
+                }
+            }
+        }
+        for (room, participant) in due {
+            self.allocate(room, participant);
         }
     }
 }

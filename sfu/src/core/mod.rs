@@ -130,6 +130,8 @@ pub struct MediaCore {
     route_changes: VecDeque<RouteChange>,
     /// Tracks with a keyframe asked for and not arrived (deferred or repeated requests).
     keyframe_waits: Vec<(RoomKey, crate::TrackId)>,
+    /// When every subscriber's bandwidth allocation is next revisited.
+    next_bandwidth_tick: Instant,
     stats: CoreStats,
 }
 
@@ -151,6 +153,7 @@ impl MediaCore {
             transmits: VecDeque::with_capacity(256),
             route_changes: VecDeque::new(),
             keyframe_waits: Vec::new(),
+            next_bandwidth_tick: now + allocation::BANDWIDTH_TICK,
             stats: CoreStats::default(),
         }
     }
@@ -205,6 +208,10 @@ impl MediaCore {
         if self.next_keyframe_due().is_some_and(|t| t <= now) {
             self.keyframe_timers(now);
         }
+        if now >= self.next_bandwidth_tick {
+            self.next_bandwidth_tick = now + allocation::BANDWIDTH_TICK;
+            self.bandwidth_tick();
+        }
         while let Some(sref) = self.timers.pop_due(now) {
             let Some(session) = self.session_mut(sref) else {
                 continue;
@@ -250,6 +257,7 @@ impl MediaCore {
     /// When the core next needs [`MediaCore::handle_timeout`].
     pub fn next_deadline(&self) -> Instant {
         let idle = self.now + IDLE_WAKE;
+        let idle = idle.min(self.next_bandwidth_tick);
         let sessions = self.timers.next().map_or(idle, |t| t.min(idle));
         self.next_keyframe_due()
             .map_or(sessions, |t| t.min(sessions))

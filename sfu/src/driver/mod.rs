@@ -409,6 +409,16 @@ impl Worker {
             s.keyframe_requests,
             p.keyframe_requests,
         );
+        add(
+            &m.bandwidth_downgrades,
+            s.bandwidth_downgrades,
+            p.bandwidth_downgrades,
+        );
+        add(
+            &m.bandwidth_upgrades,
+            s.bandwidth_upgrades,
+            p.bandwidth_upgrades,
+        );
         gauge(&m.sessions, s.sessions, p.sessions);
         gauge(&m.published_tracks, s.published_tracks, p.published_tracks);
         gauge(&m.subscriptions, s.subscriptions, p.subscriptions);
