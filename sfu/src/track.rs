@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::dynacast::Dynacast;
 use crate::layer::{Layer, PerLayer};
 use crate::session::{Codec, Section};
 use crate::subscription::Subscription;
@@ -29,6 +30,8 @@ pub(crate) struct Track {
     last_pli: PerLayer<Option<Instant>>,
     /// Every subscription to this track, in subscription order.
     pub subscriptions: Vec<Subscription>,
+    /// Which layers the publisher was told to encode (video only).
+    pub dynacast: Dynacast,
 }
 
 impl Track {
@@ -48,7 +51,13 @@ impl Track {
             layer_seen: PerLayer::default(),
             last_pli: PerLayer::default(),
             subscriptions: Vec::new(),
+            dynacast: Dynacast::default(),
         }
+    }
+
+    /// The highest layer the track has: `Low` without simulcast.
+    pub fn top_layer(&self) -> Layer {
+        Layer::from_index(self.rids.len().saturating_sub(1))
     }
 
     /// Whether it is a video track.

@@ -7,16 +7,19 @@
 //! the channel each gave when it joined ([`crate::JoinParams::events`]).
 //!
 //! Split by concept: `demux.rs` (datagram → session), `timers.rs` (the timer queue),
-//! `forwarding.rs` (the packet path, keyframe requests, data relay), `negotiation.rs` (joins,
+//! `forwarding.rs` (the packet path, keyframe requests, data relay), `dynacast.rs` (telling
+//! publishers which layers are needed), `negotiation.rs` (joins,
 //! SDP, subscriptions, leaving), `single_pc.rs` (`/rtc/v1` receive sections).
 
 mod demux;
+mod dynacast;
 mod forwarding;
 mod negotiation;
 mod single_pc;
 mod timers;
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +31,7 @@ pub use demux::Demux;
 
 use crate::room::Room;
 use crate::session::{Polled, SessionError, SessionEvent};
-use crate::{Command, ParticipantId, PeerRole};
+use crate::{Command, ParticipantId, PeerRole, TrackId};
 use timers::Timers;
 
 /// How long ICE may stay `Disconnected` (consent lost, or mid ICE restart) before the peer
@@ -115,6 +118,9 @@ pub struct MediaCore {
     members: FxHashMap<ParticipantId, RoomKey>,
     demux: Demux<SessionRef>,
     timers: Timers,
+    /// Dynacast deadlines (pending downgrades, initial pushes) per track; superseded entries
+    /// are skipped when they surface.
+    dynacast_timers: BinaryHeap<Reverse<(Instant, RoomKey, TrackId)>>,
     /// Sessions written to since they were last polled.
     dirty: Vec<SessionRef>,
     dirty_round: Vec<SessionRef>,
@@ -136,6 +142,7 @@ impl MediaCore {
             members: FxHashMap::default(),
             demux: Demux::default(),
             timers: Timers::default(),
+            dynacast_timers: BinaryHeap::new(),
             dirty: Vec::with_capacity(64),
             dirty_round: Vec::with_capacity(64),
             transmits: VecDeque::with_capacity(256),
@@ -191,6 +198,7 @@ impl MediaCore {
     /// Runs the timers of every session due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
+        self.dynacast_timeouts(now);
         while let Some(sref) = self.timers.pop_due(now) {
             let Some(session) = self.session_mut(sref) else {
                 continue;
@@ -236,7 +244,9 @@ impl MediaCore {
     /// When the core next needs [`MediaCore::handle_timeout`].
     pub fn next_deadline(&self) -> Instant {
         let idle = self.now + IDLE_WAKE;
-        self.timers.next().map_or(idle, |t| t.min(idle))
+        let sessions = self.timers.next().map_or(idle, |t| t.min(idle));
+        self.next_dynacast_deadline()
+            .map_or(sessions, |t| t.min(sessions))
     }
 
     /// Counters and gauges.
