@@ -393,6 +393,16 @@ fn dynacast_tells_the_publisher_which_layers_its_subscriber_needs() {
     );
     net.run(1);
     assert_eq!(layers_told(&mut net, alice), [[true; 3]]);
+    // Until the publisher restarts the upper layers, bob goes on with the low one.
+    let before = net.received(bob).len();
+    frames_for(&mut net, on, 300);
+    let meanwhile = &net.received(bob)[before..];
+    assert!(
+        meanwhile.len() > 20,
+        "bob starved: {} packets",
+        meanwhile.len()
+    );
+    assert!(meanwhile.iter().all(|p| p.payload.last() == Some(&0)));
     on = [true; 3];
     frames_for(&mut net, on, 1_000);
     assert_eq!(

@@ -131,3 +131,32 @@ def test_unwatched_camera_stops_and_a_subscriber_brings_it_back(server, browser)
     print(f"watched again: bytes/s per rid {on}")
     assert quality_updates(server)[-1] == "[true, true, true]", quality_updates(server)
     assert_undisturbed(alice, bob)
+
+
+def test_adaptive_stream_hiding_the_only_view_stops_the_camera_and_showing_resumes_it(server, browser):
+    """Element Call's options on both sides (adaptiveStream + dynacast): the only subscriber
+    hides its <video>, its subscription pauses, and after the debounce the publisher sends no
+    video at all; shown again, the publisher's layers come back and the subscriber decodes."""
+    room = "!dynacast-adaptive:example.org"
+    alice, bob = browser.open("alice", VERSION), browser.open("bob", VERSION)
+    alice.connect(room, dynacast=True)
+    bob.connect(room, adaptiveStream=True, dynacast=True)
+    alice.call("publishCamera", CAMERA)
+    assert_media_flows({bob: {"alice": {"camera"}}})
+    assert bob.call("setVideoVisible", "alice", False) == 1
+    t_hide = time.monotonic()
+    off = wait_rates(alice, lambda r: r and all(stopped(x)(r) for x in r), INITIAL_PUSH_S, "every rid stopped")
+    print(f"hidden: every layer stopped within {time.monotonic() - t_hide:.1f}s; bytes/s {off}")
+    assert quality_updates(server)[-1] == "[false, false, false]", quality_updates(server)
+
+    def cam(s: dict) -> dict:
+        return remote_tracks(s, "alice", source="camera")[0]
+
+    before = inbound(cam(bob.stats()), "framesDecoded")
+    assert bob.call("setVideoVisible", "alice", True) == 1
+    t_show = time.monotonic()
+    bob.wait_until(lambda s: inbound(cam(s), "framesDecoded") >= before + 20, UPGRADE_S,
+                   "20 more decoded frames after showing the video again")
+    print(f"shown again: decoding within {time.monotonic() - t_show:.1f}s")
+    assert quality_updates(server)[-1] != "[false, false, false]", quality_updates(server)
+    assert_undisturbed(alice, bob)

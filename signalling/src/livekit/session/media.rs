@@ -56,7 +56,13 @@ impl Session {
             SfuEvent::TrackLive { track, mime } => self.track_live(track, mime),
             SfuEvent::TrackEnded { track } => self.track_ended(track),
             SfuEvent::SubscribedLayers { track, layers } => {
-                let Some(t) = self.tracks.values().find(|t| t.track.media == track) else {
+                // Not before the codec is known: livekit-client would take a codec name it
+                // does not publish for a request to publish a backup codec.
+                let Some(t) = self
+                    .tracks
+                    .values()
+                    .find(|t| t.track.media == track && !t.track.mime.is_empty())
+                else {
                     return Ok(());
                 };
                 let update = quality_update(t.track.sid.to_string(), &t.track.mime, layers);
