@@ -9,16 +9,18 @@ the server waits 5 s before telling a downgrade and 10 s after a track went live
 first update; Chrome then needs a moment to apply setParameters.
 
 Publisher options are Element Call's: VP8, simulcast, a 1280x720 camera (livekit-client then
-sends q 320x180, h 640x360, f 1280x720). Harness: tests/e2e/browser.py, tests/browser/client.js.
+sends q 320x180, h 640x360, f 1280x720). livekit-client 2.22 (Element Call's) and 2.23. Harness: tests/e2e/browser.py, tests/browser/client.js.
 """
 from __future__ import annotations
 
 import re
 import time
 
+import pytest
+
 from browser import MEDIA_START_S, assert_media_flows, assert_undisturbed, inbound, remote_tracks, sent_rids
 
-VERSION = "2.23"
+VERSIONS = ["2.22", "2.23"]  # Element Call's and the newest
 CAMERA = {"width": 1280, "height": 720, "simulcast": True}
 LAYERS_SENT_S = 20  # Chrome turns all three layers on once its bandwidth estimate allows
 DOWNGRADE_S = 25  # cap -> upper layers stop: 5 s server debounce + Chrome + slack
@@ -69,12 +71,13 @@ def sending(rid: str):
     return lambda r: r.get(rid, 0) * WINDOW_S >= MIN_LIVE_BYTES
 
 
-def test_capped_subscriber_turns_the_upper_layers_off_and_uncapping_brings_them_back(server, browser):
+@pytest.mark.parametrize("version", VERSIONS)
+def test_capped_subscriber_turns_the_upper_layers_off_and_uncapping_brings_them_back(server, browser, version):
     """One publisher (dynacast), one subscriber (adaptiveStream off) capped to LOW: after the
     debounce the publisher stops sending h and f and keeps q; the subscriber keeps decoding.
     Uncapped, the publisher sends f again and the subscriber then receives 1280x720."""
-    room = "!dynacast-cap:example.org"
-    alice, bob = browser.open("alice", VERSION), browser.open("bob", VERSION)
+    room = f"!dynacast-cap-{version}:example.org"
+    alice, bob = browser.open("alice", version), browser.open("bob", version)
     alice.connect(room, dynacast=True)
     bob.connect(room, dynacast=True)
     cam = alice.call("publishCamera", CAMERA)
@@ -114,7 +117,7 @@ def test_unwatched_camera_stops_and_a_subscriber_brings_it_back(server, browser)
     layer is needed and it stops sending video; a subscriber joining turns it back on at once
     and decodes it."""
     room = "!dynacast-alone:example.org"
-    alice = browser.open("alice", VERSION)
+    alice = browser.open("alice", "2.22")
     alice.connect(room, dynacast=True)
     alice.call("publishCamera", CAMERA)
     t_pub = time.monotonic()
@@ -122,7 +125,7 @@ def test_unwatched_camera_stops_and_a_subscriber_brings_it_back(server, browser)
     print(f"unwatched: every layer stopped {time.monotonic() - t_pub:.1f}s after publishing; bytes/s {off}")
     assert quality_updates(server) == ["[false, false, false]"], quality_updates(server)
 
-    bob = browser.open("bob", VERSION)
+    bob = browser.open("bob", "2.22")
     t_join = time.monotonic()
     bob.connect(room, dynacast=True)
     assert_media_flows({bob: {"alice": {"camera"}}}, timeout=MEDIA_START_S)
@@ -138,7 +141,7 @@ def test_adaptive_stream_hiding_the_only_view_stops_the_camera_and_showing_resum
     hides its <video>, its subscription pauses, and after the debounce the publisher sends no
     video at all; shown again, the publisher's layers come back and the subscriber decodes."""
     room = "!dynacast-adaptive:example.org"
-    alice, bob = browser.open("alice", VERSION), browser.open("bob", VERSION)
+    alice, bob = browser.open("alice", "2.23"), browser.open("bob", "2.23")
     alice.connect(room, dynacast=True)
     bob.connect(room, adaptiveStream=True, dynacast=True)
     alice.call("publishCamera", CAMERA)

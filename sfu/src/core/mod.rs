@@ -8,8 +8,8 @@
 //!
 //! Split by concept: `demux.rs` (datagram → session), `timers.rs` (the timer queue),
 //! `forwarding.rs` (the packet path, keyframe requests, data relay), `dynacast.rs` (telling
-//! publishers which layers are needed), `negotiation.rs` (joins,
-//! SDP, subscriptions, leaving), `single_pc.rs` (`/rtc/v1` receive sections).
+//! publishers which layers are needed), `negotiation.rs` (joins, SDP, subscriptions, leaving),
+//! `single_pc.rs` (`/rtc/v1` receive sections).
 
 mod demux;
 mod dynacast;
