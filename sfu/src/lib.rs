@@ -20,6 +20,7 @@ mod codec;
 pub mod core;
 mod datagram;
 mod driver;
+mod dynacast;
 mod forwarder;
 mod ids;
 mod keyframe;
@@ -185,6 +186,18 @@ pub enum SfuEvent {
         track: TrackId,
         /// Negotiated codec as a MIME type, e.g. `video/VP8`, `audio/opus`.
         mime: String,
+    },
+    /// To the publisher of a video track: which of its simulcast layers subscribers need, so it
+    /// can stop encoding the others (LiveKit `SubscribedQualityUpdate`, "dynacast"). Sent when
+    /// that changes: upgrades at once, downgrades 5 s after they are wanted, and a first time
+    /// 10 s after the track went live even if nothing changed (every layer off when nobody
+    /// watches). A track without simulcast has only `Low`; all off means stop sending it.
+    SubscribedLayers {
+        /// The publisher's track.
+        track: TrackId,
+        /// Per layer (`Low` = rid `q`, `Medium` = `h`, `High` = `f`): whether it should be
+        /// encoded.
+        layers: PerLayer<bool>,
     },
     /// A published track's media section went away (renegotiated inactive or removed).
     TrackEnded {

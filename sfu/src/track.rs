@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::dynacast::Dynacast;
 use crate::keyframe::KeyframeRequests;
 use crate::layer::{Layer, PerLayer};
 use crate::session::{Codec, Section};
@@ -81,6 +82,8 @@ pub(crate) struct Track {
     pub keyframes: KeyframeRequests,
     /// Every subscription to this track, in subscription order.
     pub subscriptions: Vec<Subscription>,
+    /// Which layers the publisher was told to encode (video only).
+    pub dynacast: Dynacast,
 }
 
 impl Track {
@@ -102,7 +105,13 @@ impl Track {
             screen_share: false,
             keyframes: KeyframeRequests::default(),
             subscriptions: Vec::new(),
+            dynacast: Dynacast::default(),
         }
+    }
+
+    /// The highest layer the track has: `Low` without simulcast.
+    pub fn top_layer(&self) -> Layer {
+        Layer::from_index(self.rids.len().saturating_sub(1))
     }
 
     /// Whether it is a video track.

@@ -1,7 +1,8 @@
 //! Component tests of the media core on a virtual clock: str0m client peers pumped through a
 //! `MediaCore` in memory (no sockets, no wall time). Join, publish, subscribe on both
 //! peer-connection layouts, simulcast layer switches, ICE failure of a silent peer, an ICE
-//! restart (what a resumed client does), and room isolation.
+//! restart (what a resumed client does), room isolation, and dynacast (which layers the
+//! publisher is told to encode).
 
 mod common;
 mod virtual_net;
@@ -588,4 +589,119 @@ fn a_narrow_downlink_gets_the_low_layer_and_gets_the_high_one_back_when_it_widen
         stats.bandwidth_downgrades >= 1 && stats.bandwidth_upgrades >= 1,
         "{stats:?}"
     );
+}
+
+/// The layer lists of the `SubscribedLayers` events client `who` got so far (taken out).
+fn layers_told(net: &mut Net, who: usize) -> Vec<[bool; 3]> {
+    let seen = std::mem::take(&mut net.clients[who].seen);
+    let (told, rest): (Vec<_>, Vec<_>) = seen
+        .into_iter()
+        .partition(|e| matches!(e, SfuEvent::SubscribedLayers { .. }));
+    net.clients[who].seen = rest;
+    told.into_iter()
+        .filter_map(|e| match e {
+            SfuEvent::SubscribedLayers { layers, .. } => Some(layers.0),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn dynacast_tells_the_publisher_which_layers_its_subscriber_needs() {
+    let mut net = Net::new();
+    let alice = net.join("room", "alice", PcLayout::Single);
+    let bob = net.join("room", "bob", PcLayout::Dual);
+    let rids = ["q", "h", "f"];
+    let (track, mid) = net.publish(alice, TrackKind::Video, &rids);
+    connect(&mut net, &[alice, bob]);
+    let pt = net.pt_of(alice, Codec::Vp8);
+    // The publisher sends the layers it was last told to (all before anything is told), a
+    // keyframe on each every 20 frames, one frame per layer every 10 ms.
+    let mut seq = 1u64;
+    let mut on = [true; 3];
+    let mut frame_no = 0u32;
+    let mut frames_for = |net: &mut Net, on: [bool; 3], ms: u64| {
+        for _ in 0..ms / 10 {
+            for (l, rid) in rids.iter().enumerate() {
+                if on[l] {
+                    let key = frame_no.is_multiple_of(20);
+                    let p = if key {
+                        vp8_keyframe(l as u8)
+                    } else {
+                        vp8_delta(l as u8)
+                    };
+                    net.write(alice, mid, Some(rid), pt, seq, p);
+                }
+            }
+            seq += 1;
+            frame_no += 1;
+            net.run(10);
+        }
+    };
+    frames_for(&mut net, on, 10);
+    net.wait_event(alice, |e| {
+        matches!(e, SfuEvent::TrackLive { .. }).then_some(())
+    });
+    let bob_id = net.clients[bob].id;
+    net.core.handle_command(
+        net.now,
+        Command::SetMaxLayer {
+            participant: bob_id,
+            track,
+            layer: Layer::Low,
+        },
+    );
+    net.subscribe(bob, track);
+    // Nothing is told in the first 10 s after going live, then the low layer only.
+    frames_for(&mut net, on, 9_000);
+    assert_eq!(layers_told(&mut net, alice), Vec::<[bool; 3]>::new());
+    frames_for(&mut net, on, 1_200);
+    assert_eq!(layers_told(&mut net, alice), [[true, false, false]]);
+    on = [true, false, false];
+    frames_for(&mut net, on, 2_000);
+    let low = net.received(bob).len();
+    assert!(low > 100, "bob gets the low layer: {low} packets");
+    assert!(net.received(bob)[low - 50..]
+        .iter()
+        .all(|p| p.payload.last() == Some(&0)));
+    // Uncapped: told at once; bob moves to the full layer once it flows again.
+    net.core.handle_command(
+        net.now,
+        Command::SetMaxLayer {
+            participant: bob_id,
+            track,
+            layer: Layer::High,
+        },
+    );
+    net.run(1);
+    assert_eq!(layers_told(&mut net, alice), [[true; 3]]);
+    // Until the publisher restarts the upper layers, bob goes on with the low one.
+    let before = net.received(bob).len();
+    frames_for(&mut net, on, 300);
+    let meanwhile = &net.received(bob)[before..];
+    assert!(
+        meanwhile.len() > 20,
+        "bob starved: {} packets",
+        meanwhile.len()
+    );
+    assert!(meanwhile.iter().all(|p| p.payload.last() == Some(&0)));
+    on = [true; 3];
+    frames_for(&mut net, on, 1_000);
+    assert_eq!(
+        net.received(bob).last().and_then(|p| p.payload.last()),
+        Some(&2),
+        "bob switched to the full layer"
+    );
+    // Nobody watches any more: every layer off, but only 5 s later.
+    net.core.handle_command(
+        net.now,
+        Command::Unsubscribe {
+            participant: bob_id,
+            track,
+        },
+    );
+    frames_for(&mut net, on, 4_800);
+    assert_eq!(layers_told(&mut net, alice), Vec::<[bool; 3]>::new());
+    frames_for(&mut net, on, 400);
+    assert_eq!(layers_told(&mut net, alice), [[false; 3]]);
 }

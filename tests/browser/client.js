@@ -329,6 +329,23 @@
       return out;
     },
 
+    /**
+     * Cap the video quality received from a remote participant's camera ('LOW', 'MEDIUM',
+     * 'HIGH'; RemoteTrackPublication.setVideoQuality, which needs adaptiveStream off). Returns
+     * how many publications it was applied to.
+     */
+    async setVideoQuality(identity, quality) {
+      const p = room.remoteParticipants.get(identity);
+      if (!p) return 0;
+      let n = 0;
+      for (const pub of p.trackPublications.values()) {
+        if (pub.kind !== 'video') continue;
+        pub.setVideoQuality(LK.VideoQuality[quality]);
+        n += 1;
+      }
+      return n;
+    },
+
     /** Show or hide the <video> elements of a remote participant (adaptive stream follows). */
     async setVideoVisible(identity, visible) {
       const els = [...mediaBox().querySelectorAll('video')].filter((el) => el.dataset.identity === identity);

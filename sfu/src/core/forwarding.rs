@@ -35,6 +35,7 @@ impl MediaCore {
             return;
         };
         track.saw(pkt.layer, pkt.payload.len(), now);
+        let mut went_live = false;
         if track.codec.is_none_or(|c| c.payload_type() != pkt.pt) {
             let Some(publisher) = participants.get(&from.participant) else {
                 return;
@@ -45,6 +46,8 @@ impl MediaCore {
             let first = track.codec.is_none();
             track.codec = Some(codec);
             if first {
+                track.dynacast.went_live(now);
+                went_live = true;
                 publisher.emit(SfuEvent::TrackLive {
                     track: pkt.track,
                     mime: codec.media_codec().mime(track.is_video()).to_string(),
@@ -142,6 +145,9 @@ impl MediaCore {
             if waiting[layer] {
                 self.request_keyframe(from.room, pkt.track, Some(layer), KeyframeKind::Pli);
             }
+        }
+        if went_live {
+            self.update_dynacast(from.room, pkt.track);
         }
         if let Some(s) = panicked {
             self.session_panicked(s);

@@ -7,17 +7,20 @@
 //! the channel each gave when it joined ([`crate::JoinParams::events`]).
 //!
 //! Split by concept: `demux.rs` (datagram → session), `timers.rs` (the timer queue),
-//! `forwarding.rs` (the packet path, keyframe requests, data relay), `negotiation.rs` (joins,
-//! SDP, subscriptions, leaving), `single_pc.rs` (`/rtc/v1` receive sections).
+//! `forwarding.rs` (the packet path, keyframe requests, data relay), `dynacast.rs` (telling
+//! publishers which layers are needed), `negotiation.rs` (joins, SDP, subscriptions, leaving),
+//! `single_pc.rs` (`/rtc/v1` receive sections).
 
 mod allocation;
 mod demux;
+mod dynacast;
 mod forwarding;
 mod negotiation;
 mod single_pc;
 mod timers;
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +33,7 @@ pub use demux::Demux;
 
 use crate::room::Room;
 use crate::session::{Polled, SessionError, SessionEvent};
-use crate::{Command, ParticipantId, PeerRole};
+use crate::{Command, ParticipantId, PeerRole, TrackId};
 use timers::Timers;
 
 /// How long ICE may stay `Disconnected` (consent lost, or mid ICE restart) before the peer
@@ -123,6 +126,9 @@ pub struct MediaCore {
     members: FxHashMap<ParticipantId, RoomKey>,
     demux: Demux<SessionRef>,
     timers: Timers,
+    /// Dynacast deadlines (pending downgrades, initial pushes) per track; superseded entries
+    /// are skipped when they surface.
+    dynacast_timers: BinaryHeap<Reverse<(Instant, RoomKey, TrackId)>>,
     /// Sessions written to since they were last polled.
     dirty: Vec<SessionRef>,
     dirty_round: Vec<SessionRef>,
@@ -148,6 +154,7 @@ impl MediaCore {
             members: FxHashMap::default(),
             demux: Demux::default(),
             timers: Timers::default(),
+            dynacast_timers: BinaryHeap::new(),
             dirty: Vec::with_capacity(64),
             dirty_round: Vec::with_capacity(64),
             transmits: VecDeque::with_capacity(256),
@@ -212,6 +219,7 @@ impl MediaCore {
             self.next_bandwidth_tick = now + allocation::BANDWIDTH_TICK;
             self.bandwidth_tick();
         }
+        self.dynacast_timeouts(now);
         while let Some(sref) = self.timers.pop_due(now) {
             let Some(session) = self.session_mut(sref) else {
                 continue;
@@ -259,8 +267,10 @@ impl MediaCore {
         let idle = self.now + IDLE_WAKE;
         let idle = idle.min(self.next_bandwidth_tick);
         let sessions = self.timers.next().map_or(idle, |t| t.min(idle));
-        self.next_keyframe_due()
-            .map_or(sessions, |t| t.min(sessions))
+        let timers = self
+            .next_dynacast_deadline()
+            .map_or(sessions, |t| t.min(sessions));
+        self.next_keyframe_due().map_or(timers, |t| t.min(timers))
     }
 
     /// Counters and gauges.

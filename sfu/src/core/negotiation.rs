@@ -86,6 +86,7 @@ impl MediaCore {
                         }
                     }
                 }
+                core.update_dynacast(room, track);
             }),
             Command::Leave { participant } => {
                 self.with_member(participant, |core, room| {
@@ -390,15 +391,16 @@ impl MediaCore {
         self.stats.subscriptions += 1;
         if p.layout == PcLayout::Single {
             super::single_pc::request_sections(r, participant);
-            return;
+        } else {
+            p.plan.queued.push(SectionChange::Add {
+                track: track_id,
+                video,
+                stream_id,
+                track_label,
+            });
+            self.renegotiate(room, participant);
         }
-        p.plan.queued.push(SectionChange::Add {
-            track: track_id,
-            video,
-            stream_id,
-            track_label,
-        });
-        self.renegotiate(room, participant);
+        self.update_dynacast(room, track_id);
     }
 
     fn unsubscribe(&mut self, room: RoomKey, participant: ParticipantId, track_id: TrackId) {
@@ -417,6 +419,7 @@ impl MediaCore {
         };
         let sub = track.subscriptions.remove(idx);
         self.release_subscription(room, participant, track_id, sub);
+        self.update_dynacast(room, track_id);
     }
 
     /// The subscriber's side of a subscription that ended: its section is freed (`/rtc/v1`:
@@ -494,6 +497,7 @@ impl MediaCore {
             let layer = targets[sub.max_layer];
             self.request_keyframe(room, track, Some(layer), KeyframeKind::Pli);
         }
+        self.update_dynacast(room, track);
     }
 
     /// Starts a new subscriber offer with the queued changes, unless one is outstanding.
@@ -604,13 +608,19 @@ impl MediaCore {
             return;
         };
         // Its own subscriptions end without renegotiation: its sessions go away.
-        for track in subscribed {
-            if let Some(t) = r.tracks.get_mut(&track) {
+        for track in &subscribed {
+            if let Some(t) = r.tracks.get_mut(track) {
                 let before = t.subscriptions.len();
                 t.subscriptions.retain(|s| s.subscriber != participant);
                 self.stats.subscriptions -= (before - t.subscriptions.len()) as i64;
             }
         }
+        for track in &subscribed {
+            self.update_dynacast(room, *track);
+        }
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
         let Some(mut p) = r.participants.remove(&participant) else {
             return;
         };

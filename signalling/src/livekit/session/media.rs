@@ -1,12 +1,13 @@
 //! Media-plane events to LiveKit messages: SDP answers and offers (with `mid_to_track_id`),
 //! `MediaSectionsRequirement`, failed negotiations, tracks going live or ending, the peer
-//! connection that makes the participant `ACTIVE`, and media failures that end the session.
+//! connection that makes the participant `ACTIVE`, media failures that end the session, and
+//! dynacast's `SubscribedQualityUpdate` to a publisher.
 
 use std::collections::HashMap;
 
 use livekit_protocol as proto;
 use proto::signal_response::Message as Resp;
-use switchboard_sfu::{PeerRole, SfuEvent, TrackId};
+use switchboard_sfu::{Layer, PeerRole, PerLayer, SfuEvent, TrackId};
 
 use super::{encode, End, Session, Step};
 use crate::livekit::link::SignalLink;
@@ -59,6 +60,21 @@ impl Session {
                 }
             }
             SfuEvent::TrackEnded { track } => self.track_ended(track),
+            SfuEvent::SubscribedLayers { track, layers } => {
+                // Not before the codec is known: livekit-client would take a codec name it
+                // does not publish for a request to publish a backup codec.
+                let Some(t) = self
+                    .tracks
+                    .values()
+                    .find(|t| t.track.media == track && !t.track.mime.is_empty())
+                else {
+                    return Ok(());
+                };
+                let update = quality_update(t.track.sid.to_string(), &t.track.mime, layers);
+                tracing::info!(track = %t.track.sid, ?layers, "subscribed quality update");
+                link.send(encode(Resp::SubscribedQualityUpdate(update)))
+                    .await;
+            }
             SfuEvent::Connected { role } => {
                 let primary = if self.perms.can_subscribe && !self.opts.single_pc {
                     PeerRole::Subscriber
@@ -118,5 +134,68 @@ impl Session {
             .iter()
             .filter_map(|(mid, t)| sids.get(t).map(|sid| (mid.clone(), sid.to_string())))
             .collect()
+    }
+}
+
+/// LiveKit `SubscribedQualityUpdate` for a track whose codec is `mime` (`video/VP8`): one
+/// `SubscribedQuality` per layer, in the legacy list and under the codec's lower-case name
+/// (`vp8`), which livekit-client compares with the codec it publishes (a name it does not
+/// publish would make it start publishing that codec as a backup).
+fn quality_update(
+    track_sid: String,
+    mime: &str,
+    layers: PerLayer<bool>,
+) -> proto::SubscribedQualityUpdate {
+    let qualities: Vec<proto::SubscribedQuality> = Layer::ALL
+        .into_iter()
+        .map(|l| proto::SubscribedQuality {
+            quality: video_quality(l) as i32,
+            enabled: layers[l],
+        })
+        .collect();
+    let codec = mime
+        .rsplit_once('/')
+        .map_or(mime, |(_, c)| c)
+        .to_ascii_lowercase();
+    #[allow(deprecated)] // `subscribed_qualities`: read by clients older than multi-codec
+    proto::SubscribedQualityUpdate {
+        track_sid,
+        subscribed_qualities: qualities.clone(),
+        subscribed_codecs: vec![proto::SubscribedCodec { codec, qualities }],
+    }
+}
+
+/// The LiveKit quality of a simulcast layer (rid `q`/`h`/`f`).
+fn video_quality(layer: Layer) -> proto::VideoQuality {
+    match layer {
+        Layer::Low => proto::VideoQuality::Low,
+        Layer::Medium => proto::VideoQuality::Medium,
+        Layer::High => proto::VideoQuality::High,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quality_update_lists_each_layer_under_the_lower_case_codec() {
+        let u = quality_update("TR_x".into(), "video/VP8", PerLayer([true, false, false]));
+        assert_eq!(u.track_sid, "TR_x");
+        assert_eq!(u.subscribed_codecs.len(), 1);
+        let c = &u.subscribed_codecs[0];
+        assert_eq!(c.codec, "vp8");
+        let got: Vec<(i32, bool)> = c.qualities.iter().map(|q| (q.quality, q.enabled)).collect();
+        assert_eq!(
+            got,
+            [
+                (proto::VideoQuality::Low as i32, true),
+                (proto::VideoQuality::Medium as i32, false),
+                (proto::VideoQuality::High as i32, false),
+            ]
+        );
+        #[allow(deprecated)]
+        let legacy = &u.subscribed_qualities;
+        assert_eq!(legacy, &c.qualities);
     }
 }
