@@ -13,14 +13,19 @@
 use crate::layer::{Layer, PerLayer};
 
 /// An upgrade is granted only when the estimate covers the higher layer by this factor
-/// (a 15 % margin), so estimator noise does not flip layers.
-pub const UPGRADE_HEADROOM: f64 = 1.15;
+/// (a 10 % margin), so estimator noise does not flip layers.
+pub const UPGRADE_HEADROOM: f64 = 1.1;
 
 /// A subscription keeps its current layer (or stays unpaused) while the estimate covers this
 /// share of what it needs: GoogCC answers overuse with 85 % of the acknowledged rate, and a
 /// sender that is not probing sees its estimate settle near what it sends, so a dip just
 /// below the current rate is not yet congestion.
 pub const KEEP_MARGIN: f64 = 0.75;
+
+/// Video that flows is paused only when the estimate falls below this share of its lowest
+/// layer: pausing is the last resort (a loss-based estimate under random loss can sit well
+/// below what the link carries), and a paused track resumes only when the layer fits in full.
+pub const PAUSE_MARGIN: f64 = 0.5;
 
 /// Rates assumed for a layer that flows but has no measurement yet (bits/s), lowest first:
 /// what browsers send for 180p/360p/720p simulcast (LiveKit's client defaults).
@@ -117,8 +122,20 @@ pub fn usage(audio_bps: u64, demands: &[VideoDemand]) -> u64 {
             .sum::<u64>()
 }
 
-/// Shares `estimate_bps` among `demands` after `audio_bps`. See the module docs.
+/// Shares `estimate_bps` among `demands` after `audio_bps`, with the [`KEEP_MARGIN`] for what
+/// flows already. See the module docs.
 pub fn allocate(estimate_bps: u64, audio_bps: u64, demands: &[VideoDemand]) -> Allocation {
+    allocate_with(estimate_bps, audio_bps, demands, KEEP_MARGIN)
+}
+
+/// [`allocate`] with another keep margin: `1.0` when congestion is known, so every grant
+/// fits the estimate in full.
+pub fn allocate_with(
+    estimate_bps: u64,
+    audio_bps: u64,
+    demands: &[VideoDemand],
+    keep_margin: f64,
+) -> Allocation {
     let mut order: Vec<usize> = (0..demands.len()).collect();
     // Screen share first, then the largest requested layer; stable, so ties keep their order.
     order.sort_by_key(|&i| (!demands[i].screen_share, std::cmp::Reverse(demands[i].cap)));
@@ -131,11 +148,11 @@ pub fn allocate(estimate_bps: u64, audio_bps: u64, demands: &[VideoDemand]) -> A
         let d = &demands[i];
         wanted += d.candidates().last().map_or(0, |(_, r)| r);
         if let Some((l, r)) = d.candidates().next() {
-            // A subscription that is flowing keeps flowing within the margin.
+            // A subscription that is flowing keeps flowing within the pause margin.
             let need = if d.current == Grant::Paused {
                 r
             } else {
-                (r as f64 * KEEP_MARGIN) as u64
+                (r as f64 * PAUSE_MARGIN.min(keep_margin)) as u64
             };
             if need <= budget {
                 budget = budget.saturating_sub(r);
@@ -157,7 +174,7 @@ pub fn allocate(estimate_bps: u64, audio_bps: u64, demands: &[VideoDemand]) -> A
             // Staying at (or going below) the current layer is allowed within the keep
             // margin; going above it needs headroom.
             let need = if current.is_some_and(|c| l <= c) {
-                ((r as f64 * KEEP_MARGIN) as u64).saturating_sub(have)
+                ((r as f64 * keep_margin) as u64).saturating_sub(have)
             } else {
                 ((r as f64 * UPGRADE_HEADROOM) as u64).saturating_sub(have)
             };
@@ -239,11 +256,11 @@ mod tests {
         assert_eq!(a.wanted_bps, 40_000 + 1_500_000, "probe towards the cap");
         assert_eq!(
             a.next_step_bps,
-            a.used_bps + 575_000 - 150_000,
+            a.used_bps + 550_000 - 150_000,
             "sustain the next step"
         );
-        // Below audio + the low layer: video pauses.
-        let a = allocate(150_000, 40_000, &[camera(Layer::High)]);
+        // Below audio + half the low layer: video pauses.
+        let a = allocate(100_000, 40_000, &[camera(Layer::High)]);
         assert_eq!(a.grants, [Grant::Paused]);
         assert_eq!(a.used_bps, 40_000);
     }
@@ -265,8 +282,9 @@ mod tests {
                 Grant::Layer(Layer::High)
             ]
         );
-        // 400k: room for two low layers; the small tile (lowest priority) pauses.
-        let a = allocate(400_000, 0, &[small, big, screen]);
+        // 350k: room for two low layers and not half a third; the small tile (lowest
+        // priority) pauses.
+        let a = allocate(350_000, 0, &[small, big, screen]);
         assert_eq!(
             a.grants,
             [
@@ -303,6 +321,21 @@ mod tests {
         d.current = Grant::Layer(Layer::Low);
         assert_eq!(
             allocate(140_000, 0, &[d]).grants,
+            [Grant::Layer(Layer::Low)]
+        );
+    }
+
+    #[test]
+    fn under_known_congestion_grants_fit_in_full() {
+        let mut d = camera(Layer::High);
+        d.current = Grant::Layer(Layer::Medium);
+        // 450k: the keep margin would hold medium (500k); known congestion does not.
+        assert_eq!(
+            allocate(450_000, 0, &[d]).grants,
+            [Grant::Layer(Layer::Medium)]
+        );
+        assert_eq!(
+            allocate_with(450_000, 0, &[d], 1.0).grants,
             [Grant::Layer(Layer::Low)]
         );
     }

@@ -8,8 +8,9 @@
 //! - **Congestion**: the estimate falls below [`KEEP_MARGIN`] of the current usage, or below
 //!   the usage for [`BELOW_FOR`]; layers go down (or video pauses) to what the estimate
 //!   carries.
-//! - **Hold**: after a change the estimate needs time to follow the new rate; no judgement
-//!   for [`HOLD`].
+//! - **Hold**: after a step up the estimate needs time to follow the new rate; no judgement
+//!   for [`HOLD`]. Steps down need none. Video pauses only below
+//!   [`crate::allocator::PAUSE_MARGIN`] of its lowest layer.
 //! - **Probe**: with no congestion and a subscription below its cap, the estimator is asked
 //!   to probe towards the caps every back-off period ([`TRIAL_BACKOFF_MIN`], doubled after
 //!   each probe that found no room, at most [`TRIAL_BACKOFF_MAX`]); a probe that finds room
@@ -21,7 +22,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::allocator::{allocate, usage, Grant, VideoDemand, KEEP_MARGIN, NOMINAL_LAYER_BPS};
+use crate::allocator::{
+    allocate, allocate_with, usage, Grant, VideoDemand, KEEP_MARGIN, NOMINAL_LAYER_BPS,
+};
 use crate::layer::Layer;
 use crate::{ParticipantId, SfuEvent, TrackId};
 
@@ -36,9 +39,12 @@ pub(crate) const HOLD: Duration = Duration::from_secs(2);
 /// Shortest wait between two trial upgrades.
 pub(crate) const TRIAL_BACKOFF_MIN: Duration = Duration::from_secs(3);
 /// Longest wait between two trial upgrades (after repeated congestion).
-pub(crate) const TRIAL_BACKOFF_MAX: Duration = Duration::from_secs(8);
+pub(crate) const TRIAL_BACKOFF_MAX: Duration = Duration::from_secs(6);
+/// The estimator probes for this multiple of what the subscriptions' caps need (above
+/// [`crate::allocator::UPGRADE_HEADROOM`]).
+pub(crate) const PROBE_PAST_CAPS: f64 = 1.3;
 /// An estimate below the usage for this long is congestion too (however little below).
-pub(crate) const BELOW_FOR: Duration = Duration::from_millis(1500);
+pub(crate) const BELOW_FOR: Duration = Duration::from_millis(1000);
 /// How often every subscriber's allocation is revisited even without a new estimate.
 pub(crate) const BANDWIDTH_TICK: Duration = Duration::from_millis(500);
 
@@ -184,7 +190,11 @@ impl MediaCore {
             // Nothing to judge: keep what flows (or more, if the estimate allows it).
             (estimate.max(used_now), false, backoff)
         };
-        let alloc = allocate(budget, audio_bps, &demands);
+        let alloc = if congested {
+            allocate_with(budget, audio_bps, &demands, 1.0)
+        } else {
+            allocate(budget, audio_bps, &demands)
+        };
         tracing::trace!(
             participant = participant.0,
             estimate,
@@ -228,7 +238,6 @@ impl MediaCore {
             }
             sub.grant = *grant;
         }
-        let changed = alloc.used_bps != used_now;
         let Some(p) = r.participants.get_mut(&participant) else {
             return;
         };
@@ -239,7 +248,9 @@ impl MediaCore {
         if grew {
             p.bandwidth.hold_until = Some(now + HOLD);
         }
-        if changed {
+        // Only more media needs the hold (the estimate lags what it has not seen yet); after
+        // a step down, the next judgement can come at once.
+        if alloc.used_bps > used_now {
             p.bandwidth.hold_until = Some(now + HOLD);
         }
         let below_caps = alloc.wanted_bps > alloc.used_bps;
@@ -254,10 +265,20 @@ impl MediaCore {
         for (track, paused) in changes {
             p.emit(SfuEvent::StreamPaused { track, paused });
         }
-        // Sustain what is granted; probe towards what everyone asked for (str0m probes
-        // when the desired rate is above its estimate, and again from time to time while
-        // the sender is application-limited).
-        let target = (alloc.used_bps, alloc.wanted_bps.max(alloc.next_step_bps));
+        // Below the caps and not congested: sustain what the next step up needs, padding
+        // where media sends less (str0m caps padding at its estimate, so this never exceeds
+        // it), so the estimate can grow past the 1.5x-of-what-is-sent cap; else sustain what
+        // is granted. Probe towards what everyone asked for (str0m probes when the desired
+        // rate rises past its estimate, and from time to time while application-limited),
+        // aiming past the caps by more than the upgrade headroom, or a probe that succeeds
+        // would still not allow the step up.
+        let minimum = if below_caps && !congested && alloc.used_bps > audio_bps {
+            alloc.next_step_bps
+        } else {
+            alloc.used_bps
+        };
+        let desired = (alloc.wanted_bps as f64 * PROBE_PAST_CAPS) as u64;
+        let target = (minimum, desired.max(minimum));
         let (old_min, old_desired) = p.bandwidth.target;
         let moved = |a: u64, b: u64| a.abs_diff(b) as f64 > 0.05 * (b.max(1) as f64);
         let probe = reprobe && below_caps && target.1 > estimate;
