@@ -27,6 +27,7 @@ mod placement;
 mod room;
 mod sdp_munge;
 mod session;
+mod speakers;
 mod subscription;
 mod track;
 
@@ -41,6 +42,7 @@ pub use forwarder::{ForwardedHeader, ForwardedState, Forwarder, LayerPacket};
 pub use ids::{ParticipantId, TrackId};
 pub use layer::{Layer, PerLayer};
 pub use metrics::{DispatchLoad, SfuMetrics, ThreadLoad};
+pub use speakers::{Speaker, SpeakerSettings};
 
 /// Settings of the media plane, taken from the `[rtc]` configuration section.
 #[derive(Debug, Clone)]
@@ -138,7 +140,7 @@ pub trait DataRouter: Send {
 }
 
 /// Events the media plane sends to a participant's signalling session.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum SfuEvent {
     /// The SDP answer to the client's offer on `role`'s PC.
     Answer {
@@ -198,6 +200,17 @@ pub enum SfuEvent {
         reason: String,
         /// The peer closed the connection itself (DTLS close_notify), as on a normal hang-up.
         by_peer: bool,
+    },
+    /// Room-level, to every participant of the room: who started or stopped speaking, or now
+    /// speaks at another level, since the last such event (LiveKit `SpeakersChanged`, a
+    /// delta). Speakers new or at a new level come first, loudest first; those that stopped
+    /// follow with `active: false` and level 0. Evaluated every
+    /// [`SpeakerSettings::update_interval`] from the RFC 6464 audio levels in the publishers'
+    /// audio packets (LiveKit's algorithm, see [`SpeakerSettings`]); sent only on change. The
+    /// list is shared by every participant's copy.
+    SpeakersChanged {
+        /// The changes; levels are linear 0..=1 in steps of 1/8 (see [`Speaker::level`]).
+        speakers: Arc<[Speaker]>,
     },
 }
 

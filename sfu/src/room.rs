@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::forwarder::ForwardedState;
 use crate::sdp_munge::RecvSlot;
 use crate::session::{Section, SectionChange, Session};
+use crate::speakers::SpeakerDetector;
 use crate::subscription::EarlySettings;
 use crate::track::Track;
 use crate::{DataRouter, ParticipantId, PcLayout, PeerRole, PendingTrack, SfuEvent, TrackId};
@@ -21,6 +22,8 @@ pub(crate) struct Room {
     pub name: Arc<str>,
     pub participants: FxHashMap<ParticipantId, Participant>,
     pub tracks: FxHashMap<TrackId, Track>,
+    /// Who was last announced speaking.
+    pub speakers: SpeakerDetector,
 }
 
 impl Room {
@@ -30,6 +33,7 @@ impl Room {
             name,
             participants: FxHashMap::default(),
             tracks: FxHashMap::default(),
+            speakers: SpeakerDetector::default(),
         }
     }
 

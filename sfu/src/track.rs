@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::layer::{Layer, PerLayer};
 use crate::session::{Codec, Section};
+use crate::speakers::LevelMeter;
 use crate::subscription::Subscription;
 use crate::{ParticipantId, TrackKind};
 
@@ -29,6 +30,8 @@ pub(crate) struct Track {
     last_pli: PerLayer<Option<Instant>>,
     /// Every subscription to this track, in subscription order.
     pub subscriptions: Vec<Subscription>,
+    /// Audio tracks: the level of the publisher's speech (from the packets' audio levels).
+    pub meter: Option<LevelMeter>,
 }
 
 impl Track {
@@ -48,6 +51,7 @@ impl Track {
             layer_seen: PerLayer::default(),
             last_pli: PerLayer::default(),
             subscriptions: Vec::new(),
+            meter: None,
         }
     }
 

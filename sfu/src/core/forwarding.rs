@@ -10,6 +10,7 @@ use crate::forwarder::LayerPacket;
 use crate::layer::{Layer, PerLayer};
 use crate::room::Room;
 use crate::session::{KeyframeKind, RtpIn, Section};
+use crate::speakers::LevelMeter;
 use crate::{DataKind, PeerRole, SfuEvent, TrackId, TrackKind};
 
 use super::{MediaCore, RoomKey, SessionRef};
@@ -31,6 +32,10 @@ impl MediaCore {
             return;
         };
         track.saw(pkt.layer, now);
+        let clock_rate = track.clock_rate();
+        if let (Some(meter), Some(level)) = (track.meter.as_mut(), pkt.audio_level) {
+            meter.observe(level, pkt.ts, clock_rate, now);
+        }
         if track.codec.is_none_or(|c| c.payload_type() != pkt.pt) {
             let Some(publisher) = participants.get(&from.participant) else {
                 return;
@@ -272,10 +277,12 @@ impl MediaCore {
         p.publisher
             .bind(section, pending.track, pending.rids.clone());
         p.published.push(pending.track);
-        room.tracks.insert(
-            pending.track,
-            crate::track::Track::new(sref.participant, section, pending.kind, pending.rids),
-        );
+        let mut track =
+            crate::track::Track::new(sref.participant, section, pending.kind, pending.rids);
+        if pending.kind == TrackKind::Audio {
+            track.meter = Some(LevelMeter::new(self.speaker_settings));
+        }
+        room.tracks.insert(pending.track, track);
         self.stats.published_tracks += 1;
     }
 

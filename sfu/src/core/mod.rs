@@ -13,6 +13,7 @@
 mod demux;
 mod forwarding;
 mod negotiation;
+mod room_events;
 mod single_pc;
 mod timers;
 
@@ -28,6 +29,7 @@ pub use demux::Demux;
 
 use crate::room::Room;
 use crate::session::{Polled, SessionError, SessionEvent};
+use crate::speakers::SpeakerSettings;
 use crate::{Command, ParticipantId, PeerRole};
 use timers::Timers;
 
@@ -121,6 +123,9 @@ pub struct MediaCore {
     transmits: VecDeque<Datagram>,
     route_changes: VecDeque<RouteChange>,
     stats: CoreStats,
+    speaker_settings: SpeakerSettings,
+    /// When the rooms' speakers are next evaluated (`room_events.rs`).
+    speaker_tick: Instant,
 }
 
 impl MediaCore {
@@ -141,7 +146,16 @@ impl MediaCore {
             transmits: VecDeque::with_capacity(256),
             route_changes: VecDeque::new(),
             stats: CoreStats::default(),
+            speaker_settings: SpeakerSettings::default(),
+            speaker_tick: now + SpeakerSettings::default().update_interval,
         }
+    }
+
+    /// The same core detecting active speakers with `settings` instead of LiveKit's defaults.
+    pub fn with_speaker_settings(mut self, settings: SpeakerSettings) -> Self {
+        self.speaker_tick = self.now + settings.update_interval;
+        self.speaker_settings = settings;
+        self
     }
 
     /// Applies a command of a signalling adapter. Answers go out as [`crate::SfuEvent`]s.
@@ -188,9 +202,11 @@ impl MediaCore {
         self.drain(sref);
     }
 
-    /// Runs the timers of every session due at `now`.
+    /// Runs the timers of every session due at `now`, and the rooms' speaker evaluation when
+    /// its interval is up.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
+        self.tick_speakers(now);
         while let Some(sref) = self.timers.pop_due(now) {
             let Some(session) = self.session_mut(sref) else {
                 continue;
@@ -236,7 +252,9 @@ impl MediaCore {
     /// When the core next needs [`MediaCore::handle_timeout`].
     pub fn next_deadline(&self) -> Instant {
         let idle = self.now + IDLE_WAKE;
-        self.timers.next().map_or(idle, |t| t.min(idle))
+        let sessions = self.timers.next().map_or(idle, |t| t.min(idle));
+        self.next_speaker_tick()
+            .map_or(sessions, |t| t.min(sessions))
     }
 
     /// Counters and gauges.

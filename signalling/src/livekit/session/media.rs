@@ -1,12 +1,13 @@
 //! Media-plane events to LiveKit messages: SDP answers and offers (with `mid_to_track_id`),
 //! `MediaSectionsRequirement`, failed negotiations, tracks going live or ending, the peer
-//! connection that makes the participant `ACTIVE`, and media failures that end the session.
+//! connection that makes the participant `ACTIVE`, media failures that end the session, and
+//! the room's active speakers (`SpeakersChanged`).
 
 use std::collections::HashMap;
 
 use livekit_protocol as proto;
 use proto::signal_response::Message as Resp;
-use switchboard_sfu::{PeerRole, SfuEvent, TrackId};
+use switchboard_sfu::{PeerRole, SfuEvent, Speaker, TrackId};
 
 use super::{encode, End, Session, Step};
 use crate::livekit::link::SignalLink;
@@ -75,8 +76,39 @@ impl Session {
                 tracing::info!(%reason, "media failed");
                 return Err(End::Server(LeaveReason::MediaFailure));
             }
+            SfuEvent::SpeakersChanged { speakers } => {
+                if let Some(msg) = self.speakers_changed(&speakers) {
+                    link.send(encode(Resp::SpeakersChanged(msg))).await;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// `SpeakersChanged` for this participant: the media plane's changes with the roster's
+    /// sids, the participant itself included, hidden others left out (`livekit-protocol.md`
+    /// §7.5, §12.8). Protocol 2 and older clients took speakers in data packets: they get
+    /// nothing.
+    fn speakers_changed(&self, speakers: &[Speaker]) -> Option<proto::SpeakersChanged> {
+        if self.opts.protocol <= 2 {
+            return None;
+        }
+        let pids: Vec<_> = speakers.iter().map(|s| s.participant).collect();
+        let sids = self
+            .state
+            .rooms
+            .participant_sids(&self.room, self.pid, &pids);
+        let speakers: Vec<proto::SpeakerInfo> = speakers
+            .iter()
+            .filter_map(|s| {
+                sids.get(&s.participant).map(|sid| proto::SpeakerInfo {
+                    sid: sid.to_string(),
+                    level: s.level,
+                    active: s.active,
+                })
+            })
+            .collect();
+        (!speakers.is_empty()).then_some(proto::SpeakersChanged { speakers })
     }
 
     /// `mid → TR_ sid` for `SessionDescription.mid_to_track_id`.

@@ -1,0 +1,81 @@
+//! Room-level events: what the core tells every participant of a room at once, on its own
+//! timer rather than in answer to one session's input. Today: active speakers, evaluated every
+//! [`SpeakerSettings::update_interval`] from the audio tracks' level meters (`speakers.rs`)
+//! and sent as [`SfuEvent::SpeakersChanged`] when they changed.
+//!
+//! One event value per room and change, shared by every participant's copy (`Arc`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustc_hash::FxHashMap;
+
+use crate::room::Room;
+use crate::speakers::{Speaker, SpeakerSettings};
+use crate::{ParticipantId, SfuEvent};
+
+use super::MediaCore;
+
+impl MediaCore {
+    /// The speaker settings this core detects with.
+    pub fn speaker_settings(&self) -> SpeakerSettings {
+        self.speaker_settings
+    }
+
+    /// When the rooms' speakers are next evaluated (`None` without rooms).
+    pub(super) fn next_speaker_tick(&self) -> Option<Instant> {
+        (!self.rooms.is_empty()).then_some(self.speaker_tick)
+    }
+
+    /// Evaluates every room's speakers if their interval is up, sending what changed.
+    pub(super) fn tick_speakers(&mut self, now: Instant) {
+        if now < self.speaker_tick {
+            return;
+        }
+        let interval = self.speaker_settings.update_interval;
+        self.speaker_tick += interval;
+        if self.speaker_tick <= now {
+            // Late (a long stall, or no rooms for a while): next tick one interval from now.
+            self.speaker_tick = now + interval;
+        }
+        let mut levels: FxHashMap<ParticipantId, f64> = FxHashMap::default();
+        for room in self.rooms.values_mut() {
+            levels.clear();
+            for track in room.tracks.values_mut() {
+                let Some(meter) = track.meter.as_mut() else {
+                    continue;
+                };
+                let (level, active) = meter.level(now);
+                if active {
+                    // A participant speaks as loud as its loudest audio track.
+                    let l = levels.entry(track.publisher).or_insert(0.0);
+                    *l = l.max(level);
+                }
+            }
+            let active = levels
+                .iter()
+                .map(|(p, l)| Speaker {
+                    participant: *p,
+                    level: *l as f32,
+                    active: true,
+                })
+                .collect();
+            if let Some(changes) = room.speakers.update(active) {
+                emit_to_room(
+                    room,
+                    SfuEvent::SpeakersChanged {
+                        speakers: Arc::from(changes),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Sends `event` to every participant of `room` (each gets a clone: cheap for the room-level
+/// events, whose payloads are shared).
+fn emit_to_room(room: &Room, event: SfuEvent) {
+    for p in room.participants.values() {
+        p.emit(event.clone());
+    }
+}
