@@ -16,9 +16,12 @@ use std::time::{Duration, Instant};
 use crate::ParticipantId;
 
 /// Longest audio one packet may account for (ms). Opus frames are at most 120 ms (RFC 6716
-/// §2.1.4); a bigger RTP timestamp step is a gap (DTX, a muted sender), not audio, and would
-/// otherwise fill a window with one packet's level.
+/// §2.1.4); a bigger RTP timestamp step is a gap (DTX during silence, a muted sender, loss).
 const MAX_PACKET_AUDIO_MS: u32 = 120;
+/// The audio a packet after a gap is taken to carry (ms): the usual Opus frame. The rest of
+/// the gap counts as silence (LiveKit gives the whole step the new packet's level, so the
+/// first word after a DTX pause counted the pause as speech).
+const FRAME_AFTER_GAP_MS: u32 = 20;
 
 /// The level of an audio packet, RFC 6464 §3: 0..=127 in −dBov (0 is the loudest a sender can
 /// send, 127 is silence or quieter).
@@ -130,9 +133,9 @@ impl LevelMeter {
     }
 
     /// One packet: its level, RTP timestamp and the track's clock rate (Hz), arriving at
-    /// `now`. The audio it carries is the timestamp step since the previous packet, at most
-    /// [`MAX_PACKET_AUDIO_MS`]; the first packet only sets the timestamp reference and an older
-    /// (reordered) one is ignored.
+    /// `now`. The audio it carries is the timestamp step since the previous packet; a step over
+    /// [`MAX_PACKET_AUDIO_MS`] is silence but for the packet's own [`FRAME_AFTER_GAP_MS`]. The
+    /// first packet only sets the timestamp reference; an older (reordered) one is ignored.
     pub fn observe(&mut self, level: AudioLevel, ts: u32, clock_rate: u32, now: Instant) {
         self.last_packet_at = Some(now);
         let Some(last) = self.last_ts else {
@@ -149,8 +152,12 @@ impl LevelMeter {
         if ms == 0 {
             return;
         }
-        let ms = ms.min(MAX_PACKET_AUDIO_MS);
-        self.observed_ms += ms;
+        let (gap_ms, ms) = if ms > MAX_PACKET_AUDIO_MS {
+            (ms - FRAME_AFTER_GAP_MS, FRAME_AFTER_GAP_MS)
+        } else {
+            (0, ms)
+        };
+        self.observed_ms = self.observed_ms.saturating_add(gap_ms + ms);
         if level.minus_dbov() <= self.settings.active_level {
             self.active_ms += ms;
             self.loudest = self.loudest.min(level);
@@ -371,23 +378,29 @@ mod tests {
     }
 
     #[test]
-    fn reordered_packets_and_timestamp_jumps_add_no_audio_time() {
+    fn a_reordered_packet_adds_no_audio_time() {
         let mut c = Clock::new();
         let mut m = meter();
         c.feed(&mut m, 0, 20);
-        // An older packet: ignored.
-        m.observe(
-            AudioLevel::from_minus_dbov(0),
-            c.ts.wrapping_sub(5 * STEP_TS),
-            48_000,
-            c.now(),
-        );
-        // A 10 s jump (DTX gap) counts as 120 ms at most: no window closes.
-        c.ts = c.ts.wrapping_add(480_000);
-        m.observe(AudioLevel::from_minus_dbov(0), c.ts, 48_000, c.now());
+        let older = c.ts.wrapping_sub(5 * STEP_TS);
+        m.observe(AudioLevel::from_minus_dbov(0), older, 48_000, c.now());
+        c.feed(&mut m, 0, 380);
+        assert_eq!(m.level(c.now()), (0.0, false), "window not closed yet");
+        c.feed(&mut m, 0, 20);
+        assert!(m.level(c.now()).1);
+    }
+
+    #[test]
+    fn a_timestamp_gap_counts_as_silence_not_as_the_next_packets_speech() {
+        let mut c = Clock::new();
+        let mut m = meter();
+        c.feed(&mut m, 0, 820);
+        assert!(m.level(c.now()).1);
+        // 2 s of DTX, then speech again: the gap is silence, the window does not count.
+        c.ms += 2000;
+        c.ts = c.ts.wrapping_add(96_000);
+        c.feed(&mut m, 0, 20);
         assert_eq!(m.level(c.now()), (0.0, false));
-        c.feed(&mut m, 0, 280);
-        assert!(m.level(c.now()).1, "120 + 280 ms close the window");
     }
 
     #[test]

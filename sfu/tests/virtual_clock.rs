@@ -7,7 +7,7 @@ mod common;
 mod virtual_net;
 
 use str0m::format::Codec;
-use switchboard_sfu::{Command, Layer, PcLayout, SfuEvent, TrackKind};
+use switchboard_sfu::{Command, Layer, ParticipantId, PcLayout, SfuEvent, TrackKind};
 use virtual_net::*;
 
 /// Client `who` sends a VP8 keyframe tagged `tag` on `mid` and its track goes live; returns
@@ -306,4 +306,86 @@ fn leaving_last_participant_removes_the_room_and_its_sessions() {
     let s = net.core.stats();
     assert_eq!((s.rooms, s.participants, s.sessions), (0, 0, 0));
     assert!(!net.core.has_room("room"));
+}
+
+/// Every `SpeakersChanged` client `i` got so far, oldest first, as `(participant, level,
+/// active)`.
+fn speaker_changes(net: &Net, i: usize) -> Vec<Vec<(ParticipantId, f32, bool)>> {
+    net.clients[i]
+        .seen
+        .iter()
+        .filter_map(|e| match e {
+            SfuEvent::SpeakersChanged { speakers } => Some(
+                speakers
+                    .iter()
+                    .map(|s| (s.participant, s.level, s.active))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn audio_levels_become_speaker_changes_for_everyone_in_the_room() {
+    let mut net = Net::new();
+    let alice = net.join("room", "alice", PcLayout::Single);
+    let bob = net.join("room", "bob", PcLayout::Dual);
+    let carol = net.join("room", "carol", PcLayout::Single);
+    let dave = net.join("room", "dave", PcLayout::Dual);
+    let other = net.join("elsewhere", "erin", PcLayout::Single);
+    let mids: Vec<_> = [alice, bob, carol]
+        .iter()
+        .map(|who| net.publish(*who, TrackKind::Audio, &[]).1)
+        .collect();
+    connect(&mut net, &[alice, bob, carol, dave, other]);
+    let pts: Vec<_> = [alice, bob, carol]
+        .iter()
+        .map(|who| net.pt_of(*who, Codec::Opus))
+        .collect();
+    // alice loud (5 −dBov), bob quieter but speaking (25), carol below the active level (50);
+    // 20 ms packets for 3 s, then alice stops sending.
+    let levels = [5u8, 25, 50];
+    for seq in 1..=150u64 {
+        for (k, who) in [alice, bob, carol].into_iter().enumerate() {
+            net.write_audio(who, mids[k], pts[k], seq, levels[k]);
+        }
+        net.run(20);
+    }
+    let (a, b, c) = (
+        net.clients[alice].id,
+        net.clients[bob].id,
+        net.clients[carol].id,
+    );
+    let changes = speaker_changes(&net, dave);
+    assert!(!changes.is_empty(), "no SpeakersChanged within 3 s");
+    assert!(changes
+        .iter()
+        .flatten()
+        .all(|(p, _, _)| *p != c && *p != net.clients[dave].id));
+    let first = &changes[0];
+    assert_eq!(
+        first.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [a, b],
+        "loudest first"
+    );
+    assert!(first[0].1 > first[1].1 && first.iter().all(|s| s.2));
+    // Steady levels: after the average settles nothing more is sent.
+    assert!(changes.len() <= 3, "{changes:?}");
+    // Every participant of the room got the same, the speakers themselves included; the other
+    // room nothing.
+    for who in [alice, bob, carol] {
+        assert_eq!(speaker_changes(&net, who), changes);
+    }
+    assert!(speaker_changes(&net, other).is_empty());
+    // alice goes quiet (no packets): within two windows and a tick she is sent inactive, level 0.
+    for seq in 151..=200u64 {
+        for (k, who) in [bob, carol].into_iter().enumerate() {
+            net.write_audio(who, mids[k + 1], pts[k + 1], seq, levels[k + 1]);
+        }
+        net.run(20);
+    }
+    let later = speaker_changes(&net, dave);
+    let stopped: Vec<_> = later[changes.len()..].iter().flatten().collect();
+    assert_eq!(stopped, [&(a, 0.0, false)], "{later:?}");
 }

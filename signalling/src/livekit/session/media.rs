@@ -87,9 +87,10 @@ impl Session {
 
     /// `SpeakersChanged` for this participant: the media plane's changes with the roster's
     /// sids, the participant itself included, hidden others left out (`livekit-protocol.md`
-    /// §7.5, §12.8). Protocol 2 and older clients took speakers in data packets: they get
-    /// nothing.
-    fn speakers_changed(&self, speakers: &[Speaker]) -> Option<proto::SpeakersChanged> {
+    /// §7.5, §12.8). A speaker who stopped because it left is no longer in the roster: its
+    /// sid is the one announced before. Protocol 2 and older clients took speakers in data
+    /// packets: they get nothing.
+    fn speakers_changed(&mut self, speakers: &[Speaker]) -> Option<proto::SpeakersChanged> {
         if self.opts.protocol <= 2 {
             return None;
         }
@@ -101,7 +102,14 @@ impl Session {
         let speakers: Vec<proto::SpeakerInfo> = speakers
             .iter()
             .filter_map(|s| {
-                sids.get(&s.participant).map(|sid| proto::SpeakerInfo {
+                let sid = if s.active {
+                    let sid = sids.get(&s.participant)?;
+                    self.speaking.insert(s.participant, sid.clone());
+                    sid.clone()
+                } else {
+                    self.speaking.remove(&s.participant)?
+                };
+                Some(proto::SpeakerInfo {
                     sid: sid.to_string(),
                     level: s.level,
                     active: s.active,
