@@ -341,7 +341,7 @@ mod tests {
             c.feed(&mut m, 10, 140);
             c.feed(&mut m, 127, 260);
         }
-        assert_eq!(m.level(c.now()).1, false);
+        assert!(!m.level(c.now()).1);
         // 200 ms speech (50 %) per window counts, with the level lowered by 20·log10(0.5).
         for _ in 0..5 {
             c.feed(&mut m, 10, 200);
