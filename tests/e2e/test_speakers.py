@@ -57,6 +57,8 @@ def test_louder_speaker_ranks_first_a_silent_one_is_never_listed_and_a_leaver_go
     sids = {who: r["local_sid"] for who, r in res.items()}
     names = {sid: who for who, sid in sids.items()}
     changes = [m.speakers_changed for m in msgs if m.WhichOneof("message") == "speakers_changed"]
+    for ch in changes:
+        print("speakers_changed", [(names.get(s.sid, s.sid), s.level, s.active) for s in ch.speakers])
     assert changes, f"eve got no speakers_changed; got {[m.WhichOneof('message') for m in msgs]}"
     # Replay the deltas: who is speaking, at what level, after each message.
     state: dict[str, float] = {}
@@ -110,18 +112,22 @@ def test_livekit_client_is_speaking_follows_a_tone_on_and_off(server, browser, v
     talker, listener = browser.open("talker", version), browser.open("listener", version)
     connect_all([talker, listener], room)
     talker.call("publishTone", {"hz": 440, "gain": 0.5})
+    toned = time.monotonic()
 
     def wait_speaking(want: bool, within: float) -> dict:
-        end = time.monotonic() + within
+        start = time.monotonic()
+        end = start + within
         while True:
             s = listener.call("speaking")
             if s["participants"].get("talker", {}).get("isSpeaking") is want:
+                print(f"isSpeaking {want} after {time.monotonic() - start:.2f}s: {s}")
                 return s
             if time.monotonic() > end:
                 raise AssertionError(f"talker isSpeaking never became {want} at the listener: {s}")
             time.sleep(0.2)
 
     on = wait_speaking(True, SPEAKING_WITHIN_S)
+    print(f"tone published -> speaking at the listener: {time.monotonic() - toned:.2f}s")
     assert on["activeSpeakers"] == ["talker"], on
     assert on["participants"]["talker"]["audioLevel"] > 0, on
     assert on["participants"]["listener"]["isSpeaking"] is False, on
