@@ -24,6 +24,7 @@ mod ids;
 mod layer;
 mod metrics;
 mod placement;
+mod quality;
 mod room;
 mod sdp_munge;
 mod session;
@@ -42,6 +43,7 @@ pub use forwarder::{ForwardedHeader, ForwardedState, Forwarder, LayerPacket};
 pub use ids::{ParticipantId, TrackId};
 pub use layer::{Layer, PerLayer};
 pub use metrics::{DispatchLoad, SfuMetrics, ThreadLoad};
+pub use quality::{ConnectionQuality, QualityUpdate, QUALITY_INTERVAL};
 pub use speakers::{Speaker, SpeakerSettings};
 
 /// Settings of the media plane, taken from the `[rtc]` configuration section.
@@ -211,6 +213,15 @@ pub enum SfuEvent {
     SpeakersChanged {
         /// The changes; levels are linear 0..=1 in steps of 1/8 (see [`Speaker::level`]).
         speakers: Arc<[Speaker]>,
+    },
+    /// Room-level, to every participant of the room: the connection quality of every
+    /// participant, sent every [`QUALITY_INTERVAL`] (5 s) when one of them changed or joined
+    /// (LiveKit `ConnectionQualityUpdate`). Scored from the loss of each participant's
+    /// published tracks as the server receives them (LiveKit's scoring, see
+    /// [`ConnectionQuality`]); a participant publishing nothing is `Excellent`.
+    ConnectionQuality {
+        /// Every participant of the room, shared by every participant's copy.
+        updates: Arc<[QualityUpdate]>,
     },
 }
 

@@ -10,6 +10,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
 use crate::forwarder::ForwardedState;
+use crate::quality::ConnectionQuality;
 use crate::sdp_munge::RecvSlot;
 use crate::session::{Section, SectionChange, Session};
 use crate::speakers::SpeakerDetector;
@@ -24,6 +25,8 @@ pub(crate) struct Room {
     pub tracks: FxHashMap<TrackId, Track>,
     /// Who was last announced speaking.
     pub speakers: SpeakerDetector,
+    /// The connection quality last announced per participant.
+    pub qualities: FxHashMap<ParticipantId, ConnectionQuality>,
 }
 
 impl Room {
@@ -34,6 +37,7 @@ impl Room {
             participants: FxHashMap::default(),
             tracks: FxHashMap::default(),
             speakers: SpeakerDetector::default(),
+            qualities: FxHashMap::default(),
         }
     }
 

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::layer::{Layer, PerLayer};
+use crate::quality::{LossWindow, QualityScorer};
 use crate::session::{Codec, Section};
 use crate::speakers::LevelMeter;
 use crate::subscription::Subscription;
@@ -32,6 +33,10 @@ pub(crate) struct Track {
     pub subscriptions: Vec<Subscription>,
     /// Audio tracks: the level of the publisher's speech (from the packets' audio levels).
     pub meter: Option<LevelMeter>,
+    /// Packets received against those sent in the current quality window, per layer.
+    pub loss: PerLayer<LossWindow>,
+    /// The upstream connection quality of this track.
+    pub scorer: QualityScorer,
 }
 
 impl Track {
@@ -52,6 +57,8 @@ impl Track {
             last_pli: PerLayer::default(),
             subscriptions: Vec::new(),
             meter: None,
+            loss: PerLayer::default(),
+            scorer: QualityScorer::new(kind == TrackKind::Video),
         }
     }
 

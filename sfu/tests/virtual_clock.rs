@@ -7,7 +7,9 @@ mod common;
 mod virtual_net;
 
 use str0m::format::Codec;
-use switchboard_sfu::{Command, Layer, ParticipantId, PcLayout, SfuEvent, TrackKind};
+use switchboard_sfu::{
+    Command, ConnectionQuality, Layer, ParticipantId, PcLayout, SfuEvent, TrackKind,
+};
 use virtual_net::*;
 
 /// Client `who` sends a VP8 keyframe tagged `tag` on `mid` and its track goes live; returns
@@ -388,4 +390,73 @@ fn audio_levels_become_speaker_changes_for_everyone_in_the_room() {
     let later = speaker_changes(&net, dave);
     let stopped: Vec<_> = later[changes.len()..].iter().flatten().collect();
     assert_eq!(stopped, [&(a, 0.0, false)], "{later:?}");
+}
+
+/// The qualities client `i` was last sent, by participant.
+fn last_qualities(net: &Net, i: usize) -> Vec<(ParticipantId, ConnectionQuality)> {
+    let mut q: Vec<_> = net.clients[i]
+        .seen
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            SfuEvent::ConnectionQuality { updates } => {
+                Some(updates.iter().map(|u| (u.participant, u.quality)).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_default();
+    q.sort();
+    q
+}
+
+#[test]
+fn connection_quality_follows_upstream_loss_and_a_publisher_that_stops_is_lost() {
+    let mut net = Net::new();
+    let alice = net.join("room", "alice", PcLayout::Single);
+    let bob = net.join("room", "bob", PcLayout::Dual);
+    let (_, mid) = net.publish(alice, TrackKind::Audio, &[]);
+    connect(&mut net, &[alice, bob]);
+    let pt = net.pt_of(alice, Codec::Opus);
+    let (a, b) = (net.clients[alice].id, net.clients[bob].id);
+    let mut seq = 1u64;
+    // `secs` of 20 ms packets, every `skip`-th one never sent (0: none skipped).
+    let mut send = |net: &mut Net, secs: u64, skip: u64| {
+        for _ in 0..secs * 50 {
+            if skip == 0 || !seq.is_multiple_of(skip) {
+                net.write_audio(alice, mid, pt, seq, 20);
+            }
+            seq += 1;
+            net.run(20);
+        }
+    };
+    send(&mut net, 6, 0);
+    use ConnectionQuality::*;
+    let mut want = vec![(a, Excellent), (b, Excellent)];
+    want.sort();
+    assert_eq!(last_qualities(&net, bob), want);
+    assert_eq!(
+        last_qualities(&net, alice),
+        want,
+        "everyone gets everyone's"
+    );
+    let sent = |net: &Net| {
+        net.clients[bob]
+            .seen
+            .iter()
+            .filter(|e| matches!(e, SfuEvent::ConnectionQuality { .. }))
+            .count()
+    };
+    let before = sent(&net);
+    send(&mut net, 5, 0);
+    assert_eq!(sent(&net), before, "no change, nothing sent");
+    // 10 % loss: each window scores 100 − 10 × 8 = 20; smoothed it falls through GOOD to POOR.
+    send(&mut net, 10, 10);
+    let q = last_qualities(&net, bob);
+    assert!(
+        q.contains(&(a, Poor)) && q.contains(&(b, Excellent)),
+        "{q:?}"
+    );
+    // alice stops sending: within one interval she is lost.
+    net.run(10_000);
+    assert!(last_qualities(&net, bob).contains(&(a, Lost)));
 }

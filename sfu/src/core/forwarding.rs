@@ -32,6 +32,7 @@ impl MediaCore {
             return;
         };
         track.saw(pkt.layer, now);
+        track.loss[pkt.layer].observe(pkt.seq);
         let clock_rate = track.clock_rate();
         if let (Some(meter), Some(level)) = (track.meter.as_mut(), pkt.audio_level) {
             meter.observe(level, pkt.ts, clock_rate, now);

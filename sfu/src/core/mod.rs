@@ -126,6 +126,8 @@ pub struct MediaCore {
     speaker_settings: SpeakerSettings,
     /// When the rooms' speakers are next evaluated (`room_events.rs`).
     speaker_tick: Instant,
+    /// When the participants' connection qualities are next evaluated.
+    quality_tick: Instant,
 }
 
 impl MediaCore {
@@ -148,6 +150,7 @@ impl MediaCore {
             stats: CoreStats::default(),
             speaker_settings: SpeakerSettings::default(),
             speaker_tick: now + SpeakerSettings::default().update_interval,
+            quality_tick: now + crate::QUALITY_INTERVAL,
         }
     }
 
@@ -202,11 +205,12 @@ impl MediaCore {
         self.drain(sref);
     }
 
-    /// Runs the timers of every session due at `now`, and the rooms' speaker evaluation when
-    /// its interval is up.
+    /// Runs the timers of every session due at `now`, and the rooms' speaker and connection
+    /// quality evaluations when their intervals are up.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
         self.tick_speakers(now);
+        self.tick_quality(now);
         while let Some(sref) = self.timers.pop_due(now) {
             let Some(session) = self.session_mut(sref) else {
                 continue;
@@ -253,8 +257,7 @@ impl MediaCore {
     pub fn next_deadline(&self) -> Instant {
         let idle = self.now + IDLE_WAKE;
         let sessions = self.timers.next().map_or(idle, |t| t.min(idle));
-        self.next_speaker_tick()
-            .map_or(sessions, |t| t.min(sessions))
+        self.next_room_tick().map_or(sessions, |t| t.min(sessions))
     }
 
     /// Counters and gauges.

@@ -1,7 +1,9 @@
 //! Room-level events: what the core tells every participant of a room at once, on its own
-//! timer rather than in answer to one session's input. Today: active speakers, evaluated every
+//! timer rather than in answer to one session's input: active speakers, evaluated every
 //! [`SpeakerSettings::update_interval`] from the audio tracks' level meters (`speakers.rs`)
-//! and sent as [`SfuEvent::SpeakersChanged`] when they changed.
+//! and sent as [`SfuEvent::SpeakersChanged`] when they changed; connection qualities,
+//! evaluated every [`QUALITY_INTERVAL`] from the tracks' loss windows (`quality.rs`) and sent
+//! as [`SfuEvent::ConnectionQuality`] when one changed.
 //!
 //! One event value per room and change, shared by every participant's copy (`Arc`).
 
@@ -10,6 +12,8 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
+use crate::layer::Layer;
+use crate::quality::{ConnectionQuality, QualityUpdate, WindowStats, QUALITY_INTERVAL};
 use crate::room::Room;
 use crate::speakers::{Speaker, SpeakerSettings};
 use crate::{ParticipantId, SfuEvent};
@@ -22,9 +26,68 @@ impl MediaCore {
         self.speaker_settings
     }
 
-    /// When the rooms' speakers are next evaluated (`None` without rooms).
-    pub(super) fn next_speaker_tick(&self) -> Option<Instant> {
-        (!self.rooms.is_empty()).then_some(self.speaker_tick)
+    /// When the rooms' speakers or qualities are next evaluated (`None` without rooms).
+    pub(super) fn next_room_tick(&self) -> Option<Instant> {
+        (!self.rooms.is_empty()).then_some(self.speaker_tick.min(self.quality_tick))
+    }
+
+    /// Scores every participant's connection if the interval is up, sending every room's
+    /// qualities where one changed.
+    pub(super) fn tick_quality(&mut self, now: Instant) {
+        if now < self.quality_tick {
+            return;
+        }
+        self.quality_tick += QUALITY_INTERVAL;
+        if self.quality_tick <= now {
+            self.quality_tick = now + QUALITY_INTERVAL;
+        }
+        for room in self.rooms.values_mut() {
+            // Every participant, scored by its worst published track (none: the best).
+            let mut worst: FxHashMap<ParticipantId, (ConnectionQuality, f64)> = room
+                .participants
+                .keys()
+                .map(|p| (*p, (ConnectionQuality::Excellent, 100.0)))
+                .collect();
+            for track in room.tracks.values_mut() {
+                let mut stats = WindowStats::default();
+                let mut live = false;
+                for layer in Layer::ALL {
+                    let w = &mut track.loss[layer];
+                    live |= w.ever();
+                    let s = w.take();
+                    stats.expected = stats.expected.saturating_add(s.expected);
+                    stats.lost = stats.lost.saturating_add(s.lost);
+                }
+                let score = track.scorer.update(stats, None, live);
+                let quality = track.scorer.quality();
+                if let Some(w) = worst.get_mut(&track.publisher) {
+                    if (quality, score) < *w {
+                        *w = (quality, score);
+                    }
+                }
+            }
+            let changed = worst.len() != room.qualities.len()
+                || worst
+                    .iter()
+                    .any(|(p, (q, _))| room.qualities.get(p) != Some(q));
+            room.qualities = worst.iter().map(|(p, (q, _))| (*p, *q)).collect();
+            if changed {
+                let updates: Vec<QualityUpdate> = worst
+                    .into_iter()
+                    .map(|(participant, (quality, score))| QualityUpdate {
+                        participant,
+                        quality,
+                        score: score as f32,
+                    })
+                    .collect();
+                emit_to_room(
+                    room,
+                    SfuEvent::ConnectionQuality {
+                        updates: Arc::from(updates),
+                    },
+                );
+            }
+        }
     }
 
     /// Evaluates every room's speakers if their interval is up, sending what changed.

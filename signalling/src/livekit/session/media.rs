@@ -1,13 +1,14 @@
 //! Media-plane events to LiveKit messages: SDP answers and offers (with `mid_to_track_id`),
 //! `MediaSectionsRequirement`, failed negotiations, tracks going live or ending, the peer
 //! connection that makes the participant `ACTIVE`, media failures that end the session, and
-//! the room's active speakers (`SpeakersChanged`).
+//! the room's active speakers (`SpeakersChanged`) and connection qualities
+//! (`ConnectionQualityUpdate`).
 
 use std::collections::HashMap;
 
 use livekit_protocol as proto;
 use proto::signal_response::Message as Resp;
-use switchboard_sfu::{PeerRole, SfuEvent, Speaker, TrackId};
+use switchboard_sfu::{ConnectionQuality, PeerRole, QualityUpdate, SfuEvent, Speaker, TrackId};
 
 use super::{encode, End, Session, Step};
 use crate::livekit::link::SignalLink;
@@ -81,6 +82,11 @@ impl Session {
                     link.send(encode(Resp::SpeakersChanged(msg))).await;
                 }
             }
+            SfuEvent::ConnectionQuality { updates } => {
+                if let Some(msg) = self.connection_quality(&updates) {
+                    link.send(encode(Resp::ConnectionQuality(msg))).await;
+                }
+            }
         }
         Ok(())
     }
@@ -117,6 +123,37 @@ impl Session {
             })
             .collect();
         (!speakers.is_empty()).then_some(proto::SpeakersChanged { speakers })
+    }
+
+    /// `ConnectionQualityUpdate` for this participant: itself and everyone it may see, with
+    /// the roster's sids (`livekit-protocol.md` §12.9).
+    fn connection_quality(
+        &self,
+        updates: &[QualityUpdate],
+    ) -> Option<proto::ConnectionQualityUpdate> {
+        let pids: Vec<_> = updates.iter().map(|u| u.participant).collect();
+        let sids = self
+            .state
+            .rooms
+            .participant_sids(&self.room, self.pid, &pids);
+        let updates: Vec<proto::ConnectionQualityInfo> = updates
+            .iter()
+            .filter_map(|u| {
+                let sid = sids.get(&u.participant)?;
+                let quality = match u.quality {
+                    ConnectionQuality::Excellent => proto::ConnectionQuality::Excellent,
+                    ConnectionQuality::Good => proto::ConnectionQuality::Good,
+                    ConnectionQuality::Poor => proto::ConnectionQuality::Poor,
+                    ConnectionQuality::Lost => proto::ConnectionQuality::Lost,
+                };
+                Some(proto::ConnectionQualityInfo {
+                    participant_sid: sid.to_string(),
+                    quality: quality as i32,
+                    score: u.score,
+                })
+            })
+            .collect();
+        (!updates.is_empty()).then_some(proto::ConnectionQualityUpdate { updates })
     }
 
     /// `mid → TR_ sid` for `SessionDescription.mid_to_track_id`.
