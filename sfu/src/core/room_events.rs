@@ -66,10 +66,11 @@ impl MediaCore {
                     }
                 }
             }
-            let changed = worst.len() != room.qualities.len()
-                || worst
-                    .iter()
-                    .any(|(p, (q, _))| room.qualities.get(p) != Some(q));
+            // New participants and changed qualities count; one leaving does not (the roster
+            // tells everyone), as in LiveKit's `connectionQualityWorker`.
+            let changed = worst
+                .iter()
+                .any(|(p, (q, _))| room.qualities.get(p) != Some(q));
             room.qualities = worst.iter().map(|(p, (q, _))| (*p, *q)).collect();
             if changed {
                 let updates: Vec<QualityUpdate> = worst
