@@ -209,6 +209,12 @@ pub(crate) struct SpeakerDetector {
 }
 
 impl SpeakerDetector {
+    /// Who is speaking now (as last sent), loudest first; `None` when nobody is. A participant
+    /// joining the room gets this, since it missed the changes before.
+    pub fn current(&self) -> Option<Vec<Speaker>> {
+        (!self.last.is_empty()).then(|| self.last.clone())
+    }
+
     /// Takes the room's active speakers now (any order, levels as the meters give them) and
     /// returns what changed since the last call, if anything: speakers new or at a new level,
     /// loudest first, then those no longer speaking (level 0, not active).
@@ -424,6 +430,9 @@ mod tests {
         let mut d = SpeakerDetector::default();
         d.update(vec![sp(1, 0.30), sp(2, 0.9)]);
         assert_eq!(d.update(vec![sp(2, 0.95), sp(1, 0.26)]), None);
+        assert_eq!(d.current(), Some(vec![sp(2, 1.0), sp(1, 0.375)]));
+        d.update(vec![]);
+        assert_eq!(d.current(), None);
     }
 
     #[test]

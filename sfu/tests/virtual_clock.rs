@@ -380,6 +380,14 @@ fn audio_levels_become_speaker_changes_for_everyone_in_the_room() {
         assert_eq!(speaker_changes(&net, who), changes);
     }
     assert!(speaker_changes(&net, other).is_empty());
+    // A late joiner hears at once who speaks now.
+    let frank = net.join("room", "frank", PcLayout::Single);
+    net.run(1);
+    let now: Vec<_> = speaker_changes(&net, frank)[0]
+        .iter()
+        .map(|s| (s.0, s.2))
+        .collect();
+    assert_eq!(now, [(a, true), (b, true)]);
     // alice goes quiet (no packets): within two windows and a tick she is sent inactive, level 0.
     for seq in 151..=200u64 {
         for (k, who) in [bob, carol].into_iter().enumerate() {
