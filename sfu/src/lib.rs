@@ -13,7 +13,10 @@
 //! when there are several). Within a room (`room.rs`): tracks (`track.rs`), subscriptions
 //! (`subscription.rs`), the per-subscription RTP rewriter (`forwarder.rs`); the WebRTC library
 //! stays behind `session.rs`. The packet path takes no lock, makes no channel hop and does not
-//! allocate in our code (str0m hands payloads as shared buffers).
+//! allocate in our code (str0m hands payloads as shared buffers). Room-level events go to
+//! every participant of a room on the core's own timers (`core/room_events.rs`): active
+//! speakers from the publishers' audio levels (`speakers.rs`) and connection quality from
+//! their packet loss (`quality.rs`).
 
 mod codec;
 pub mod core;

@@ -6,7 +6,9 @@
 //!
 //! What is measured today: the upstream of each published track (loss as the server sees it;
 //! the delay effect only when an RTT is known). Downstream (subscribers' receiver reports) is
-//! not scored: a participant that publishes nothing reads `Excellent`.
+//! not scored: a participant that publishes nothing reads `Excellent`. A track that sends
+//! nothing for a window keeps its score (a camera muted by livekit-client stops its track);
+//! a participant all of whose live tracks went dry is `Lost` (the core decides that).
 //!
 //! Sans-IO, no clock read; per packet [`LossWindow::observe`] is a few integer operations.
 
@@ -18,9 +20,7 @@ use crate::ParticipantId;
 pub const QUALITY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Highest score (LiveKit `maxScore`).
-const MAX_SCORE: f64 = 100.0;
-/// Score of a window in which a live track sent nothing at all.
-const LOST_SCORE: f64 = 0.0;
+pub(crate) const MAX_SCORE: f64 = 100.0;
 /// Lowest score a window with packets can drive the smoothed score to (LiveKit `minScore`):
 /// without it a score that fell far would take long to climb back.
 const MIN_SCORE: f64 = 20.0;
@@ -31,7 +31,8 @@ const DECREASE_FACTOR: f64 = 0.7;
 /// The quality of a participant's connection (LiveKit `ConnectionQuality`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ConnectionQuality {
-    /// Media stopped arriving: a live track sent nothing for a whole interval.
+    /// Media stopped arriving: every track that was sending sent nothing for a whole
+    /// interval.
     Lost,
     /// Score 40 or below.
     Poor,
@@ -135,40 +136,29 @@ impl QualityScorer {
         }
     }
 
-    /// Folds one window in: `stats` of its packets, `rtt` if known, `live`: the track sent
-    /// before (a window without packets then means it was lost; before, it has not started).
-    /// Returns the new score.
-    pub fn update(&mut self, stats: WindowStats, rtt: Option<Duration>, live: bool) -> f64 {
+    /// Folds one window in: `stats` of its packets, `rtt` if known. A window without packets
+    /// (not started, muted, or gone) leaves the score as it was and gives `None`; otherwise the
+    /// new score.
+    pub fn update(&mut self, stats: WindowStats, rtt: Option<Duration>) -> Option<f64> {
         if stats.expected == 0 {
-            if live {
-                self.score = LOST_SCORE;
-            }
-            return self.score;
+            return None;
         }
-        let mut score = window_score(stats, rtt, self.loss_weight);
-        // Coming back from a lost window starts from the floor, not from 0.
-        let prev = self.score.max(MIN_SCORE);
-        let factor = if score < prev {
+        let score = window_score(stats, rtt, self.loss_weight);
+        let factor = if score < self.score {
             DECREASE_FACTOR
         } else {
             INCREASE_FACTOR
         };
-        score = factor * score + (1.0 - factor) * prev;
-        self.score = score.max(MIN_SCORE);
-        self.score
+        self.score = (factor * score + (1.0 - factor) * self.score).max(MIN_SCORE);
+        Some(self.score)
     }
 
-    /// The quality the score reads as; `Lost` after a window without packets.
+    /// The quality the score reads as.
     pub fn quality(&self) -> ConnectionQuality {
-        if self.score <= LOST_SCORE {
-            ConnectionQuality::Lost
-        } else {
-            ConnectionQuality::from_score(self.score)
-        }
+        ConnectionQuality::from_score(self.score)
     }
 
     /// The current score (0..=100).
-    #[cfg(test)]
     pub fn score(&self) -> f64 {
         self.score
     }
@@ -200,7 +190,7 @@ mod tests {
     fn a_clean_stream_stays_excellent() {
         let mut s = QualityScorer::new(false);
         for _ in 0..10 {
-            s.update(stats(250, 0), Some(Duration::from_millis(20)), true);
+            s.update(stats(250, 0), Some(Duration::from_millis(20)));
         }
         assert_eq!(s.quality(), ConnectionQuality::Excellent);
         assert!(s.score() > 99.0, "{}", s.score());
@@ -216,7 +206,7 @@ mod tests {
         ] {
             let mut s = QualityScorer::new(false);
             for _ in 0..20 {
-                s.update(stats(250, lost), None, true);
+                s.update(stats(250, lost), None);
             }
             assert_eq!(s.quality(), want, "{lost} of 250 lost: {}", s.score());
         }
@@ -226,8 +216,8 @@ mod tests {
     fn video_loss_weighs_more() {
         let mut a = QualityScorer::new(false);
         let mut v = QualityScorer::new(true);
-        a.update(stats(1000, 30), None, true);
-        v.update(stats(1000, 30), None, true);
+        a.update(stats(1000, 30), None);
+        v.update(stats(1000, 30), None);
         assert!(v.score() < a.score());
     }
 
@@ -235,17 +225,17 @@ mod tests {
     fn scores_fall_fast_and_recover_slowly() {
         let mut s = QualityScorer::new(true);
         // One bad window (10 % video loss: window score 0) takes 70 % of the way down.
-        s.update(stats(1000, 100), None, true);
+        s.update(stats(1000, 100), None);
         assert!((s.score() - 30.0).abs() < 1e-9, "{}", s.score());
         // One clean window climbs 40 % of the way back.
-        s.update(stats(1000, 0), None, true);
+        s.update(stats(1000, 0), None);
         assert!((s.score() - 58.0).abs() < 1e-9, "{}", s.score());
     }
 
     #[test]
     fn long_rtt_costs_a_point_per_10_ms_of_one_way_delay_over_120() {
         let mut s = QualityScorer::new(false);
-        s.update(stats(250, 0), Some(Duration::from_millis(800)), true);
+        s.update(stats(250, 0), Some(Duration::from_millis(800)));
         // Window score 100 - (400 - 120) / 10 = 72, smoothed from 100 at 0.7.
         assert!(
             (s.score() - (0.7 * 72.0 + 0.3 * 100.0)).abs() < 1e-9,
@@ -255,20 +245,13 @@ mod tests {
     }
 
     #[test]
-    fn a_live_track_without_packets_is_lost_and_comes_back() {
+    fn a_window_without_packets_keeps_the_score() {
         let mut s = QualityScorer::new(false);
-        s.update(stats(250, 0), None, true);
-        s.update(stats(0, 0), None, true);
-        assert_eq!(s.quality(), ConnectionQuality::Lost);
-        s.update(stats(250, 0), None, true);
-        assert_eq!(s.quality(), ConnectionQuality::Good, "{}", s.score());
-    }
-
-    #[test]
-    fn a_track_that_never_sent_is_not_lost() {
-        let mut s = QualityScorer::new(true);
-        s.update(stats(0, 0), None, false);
-        assert_eq!(s.quality(), ConnectionQuality::Excellent);
+        s.update(stats(250, 25), None);
+        let before = s.score();
+        assert_eq!(s.update(stats(0, 0), None), None);
+        assert_eq!(s.score(), before);
+        assert_eq!(QualityScorer::new(true).update(stats(0, 0), None), None);
     }
 
     #[test]

@@ -468,3 +468,36 @@ fn connection_quality_follows_upstream_loss_and_a_publisher_that_stops_is_lost()
     net.run(10_000);
     assert!(last_qualities(&net, bob).contains(&(a, Lost)));
 }
+
+#[test]
+fn a_stopped_camera_alone_is_not_a_lost_connection() {
+    let mut net = Net::new();
+    let alice = net.join("room", "alice", PcLayout::Single);
+    let bob = net.join("room", "bob", PcLayout::Dual);
+    let (_, audio) = net.publish(alice, TrackKind::Audio, &[]);
+    let (_, video) = net.publish(alice, TrackKind::Video, &[]);
+    connect(&mut net, &[alice, bob]);
+    let opus = net.pt_of(alice, Codec::Opus);
+    let vp8 = go_live(&mut net, alice, video, 1);
+    let a = net.clients[alice].id;
+    let mut seq = 2u64;
+    // `secs` of 20 ms audio packets, and a video frame with each when `camera`.
+    let mut send = |net: &mut Net, secs: u64, camera: bool| {
+        for _ in 0..secs * 50 {
+            net.write_audio(alice, audio, opus, seq, 40);
+            if camera {
+                net.write(alice, video, None, vp8, seq, frame(seq, 1));
+            }
+            seq += 1;
+            net.run(20);
+        }
+    };
+    send(&mut net, 6, true);
+    assert!(last_qualities(&net, bob).contains(&(a, ConnectionQuality::Excellent)));
+    // The camera stops (livekit-client stops the track on mute), the microphone goes on.
+    send(&mut net, 11, false);
+    assert!(last_qualities(&net, bob).contains(&(a, ConnectionQuality::Excellent)));
+    // Everything stops: lost.
+    net.run(10_000);
+    assert!(last_qualities(&net, bob).contains(&(a, ConnectionQuality::Lost)));
+}

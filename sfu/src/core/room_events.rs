@@ -13,7 +13,7 @@ use std::time::Instant;
 use rustc_hash::FxHashMap;
 
 use crate::layer::Layer;
-use crate::quality::{ConnectionQuality, QualityUpdate, WindowStats, QUALITY_INTERVAL};
+use crate::quality::{ConnectionQuality, QualityUpdate, WindowStats, MAX_SCORE, QUALITY_INTERVAL};
 use crate::room::Room;
 use crate::speakers::{Speaker, SpeakerSettings};
 use crate::{ParticipantId, SfuEvent};
@@ -42,11 +42,12 @@ impl MediaCore {
             self.quality_tick = now + QUALITY_INTERVAL;
         }
         for room in self.rooms.values_mut() {
-            // Every participant, scored by its worst published track (none: the best).
-            let mut worst: FxHashMap<ParticipantId, (ConnectionQuality, f64)> = room
+            // Every participant, scored by its worst published track (none: the best), and
+            // how many of its tracks were sending before and how many of those sent nothing.
+            let mut worst: FxHashMap<ParticipantId, ParticipantScore> = room
                 .participants
                 .keys()
-                .map(|p| (*p, (ConnectionQuality::Excellent, 100.0)))
+                .map(|p| (*p, ParticipantScore::default()))
                 .collect();
             for track in room.tracks.values_mut() {
                 let mut stats = WindowStats::default();
@@ -58,14 +59,35 @@ impl MediaCore {
                     stats.expected = stats.expected.saturating_add(s.expected);
                     stats.lost = stats.lost.saturating_add(s.lost);
                 }
-                let score = track.scorer.update(stats, None, live);
-                let quality = track.scorer.quality();
-                if let Some(w) = worst.get_mut(&track.publisher) {
-                    if (quality, score) < *w {
-                        *w = (quality, score);
-                    }
+                let dry = track.scorer.update(stats, None).is_none();
+                let Some(w) = worst.get_mut(&track.publisher) else {
+                    continue;
+                };
+                let this = (track.scorer.quality(), track.scorer.score());
+                if this < w.worst {
+                    w.worst = this;
+                }
+                if live {
+                    w.live += 1;
+                    w.dry += u32::from(dry);
                 }
             }
+            let worst: FxHashMap<ParticipantId, (ConnectionQuality, f64)> = worst
+                .into_iter()
+                .map(|(p, s)| {
+                    // Everything it sent stopped: its connection is gone (a muted camera alone
+                    // stops one track, never the audio's DTX packets too).
+                    let lost = s.live > 0 && s.dry == s.live;
+                    (
+                        p,
+                        if lost {
+                            (ConnectionQuality::Lost, 0.0)
+                        } else {
+                            s.worst
+                        },
+                    )
+                })
+                .collect();
             // New participants and changed qualities count; one leaving does not (the roster
             // tells everyone), as in LiveKit's `connectionQualityWorker`.
             let changed = worst
@@ -132,6 +154,25 @@ impl MediaCore {
                     },
                 );
             }
+        }
+    }
+}
+
+/// One participant's tracks in a quality window.
+struct ParticipantScore {
+    /// Its worst track's quality and score.
+    worst: (ConnectionQuality, f64),
+    /// Tracks that have sent, and of those, the ones that sent nothing in this window.
+    live: u32,
+    dry: u32,
+}
+
+impl Default for ParticipantScore {
+    fn default() -> Self {
+        Self {
+            worst: (ConnectionQuality::Excellent, MAX_SCORE),
+            live: 0,
+            dry: 0,
         }
     }
 }
