@@ -13,7 +13,10 @@
 //! when there are several). Within a room (`room.rs`): tracks (`track.rs`), subscriptions
 //! (`subscription.rs`), the per-subscription RTP rewriter (`forwarder.rs`); the WebRTC library
 //! stays behind `session.rs`. The packet path takes no lock, makes no channel hop and does not
-//! allocate in our code (str0m hands payloads as shared buffers).
+//! allocate in our code (str0m hands payloads as shared buffers). Room-level events go to
+//! every participant of a room on the core's own timers (`core/room_events.rs`): active
+//! speakers from the publishers' audio levels (`speakers.rs`) and connection quality from
+//! their packet loss (`quality.rs`).
 
 mod allocator;
 mod codec;
@@ -27,9 +30,11 @@ mod keyframe;
 mod layer;
 mod metrics;
 mod placement;
+mod quality;
 mod room;
 mod sdp_munge;
 mod session;
+mod speakers;
 mod subscription;
 mod track;
 mod vp8;
@@ -45,6 +50,8 @@ pub use forwarder::{ForwardedHeader, ForwardedState, Forwarder, LayerPacket};
 pub use ids::{ParticipantId, TrackId};
 pub use layer::{Layer, PerLayer};
 pub use metrics::{DispatchLoad, SfuMetrics, ThreadLoad};
+pub use quality::{ConnectionQuality, QualityUpdate, QUALITY_INTERVAL};
+pub use speakers::{Speaker, SpeakerSettings};
 pub use vp8::{Vp8Descriptor, Vp8Fields, Vp8Munger};
 
 /// Settings of the media plane, taken from the `[rtc]` configuration section.
@@ -146,7 +153,7 @@ pub trait DataRouter: Send {
 }
 
 /// Events the media plane sends to a participant's signalling session.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum SfuEvent {
     /// The SDP answer to the client's offer on `role`'s PC.
     Answer {
@@ -227,6 +234,26 @@ pub enum SfuEvent {
         reason: String,
         /// The peer closed the connection itself (DTLS close_notify), as on a normal hang-up.
         by_peer: bool,
+    },
+    /// Room-level, to every participant of the room: who started or stopped speaking, or now
+    /// speaks at another level, since the last such event (LiveKit `SpeakersChanged`, a
+    /// delta). Speakers new or at a new level come first, loudest first; those that stopped
+    /// follow with `active: false` and level 0. Evaluated every
+    /// [`SpeakerSettings::update_interval`] from the RFC 6464 audio levels in the publishers'
+    /// audio packets (LiveKit's algorithm, see [`SpeakerSettings`]); sent only on change. The
+    /// list is shared by every participant's copy.
+    SpeakersChanged {
+        /// The changes; levels are linear 0..=1 in steps of 1/8 (see [`Speaker::level`]).
+        speakers: Arc<[Speaker]>,
+    },
+    /// Room-level, to every participant of the room: the connection quality of every
+    /// participant, sent every [`QUALITY_INTERVAL`] (5 s) when one of them changed or joined
+    /// (LiveKit `ConnectionQualityUpdate`). Scored from the loss of each participant's
+    /// published tracks as the server receives them (LiveKit's scoring, see
+    /// [`ConnectionQuality`]); a participant publishing nothing is `Excellent`.
+    ConnectionQuality {
+        /// Every participant of the room, shared by every participant's copy.
+        updates: Arc<[QualityUpdate]>,
     },
 }
 

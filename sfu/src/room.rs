@@ -10,8 +10,10 @@ use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
 use crate::forwarder::ForwardedState;
+use crate::quality::ConnectionQuality;
 use crate::sdp_munge::RecvSlot;
 use crate::session::{Section, SectionChange, Session};
+use crate::speakers::SpeakerDetector;
 use crate::subscription::EarlySettings;
 use crate::track::Track;
 use crate::{DataRouter, ParticipantId, PcLayout, PeerRole, PendingTrack, SfuEvent, TrackId};
@@ -21,6 +23,10 @@ pub(crate) struct Room {
     pub name: Arc<str>,
     pub participants: FxHashMap<ParticipantId, Participant>,
     pub tracks: FxHashMap<TrackId, Track>,
+    /// Who was last announced speaking.
+    pub speakers: SpeakerDetector,
+    /// The connection quality last announced per participant.
+    pub qualities: FxHashMap<ParticipantId, ConnectionQuality>,
 }
 
 impl Room {
@@ -30,6 +36,8 @@ impl Room {
             name,
             participants: FxHashMap::default(),
             tracks: FxHashMap::default(),
+            speakers: SpeakerDetector::default(),
+            qualities: FxHashMap::default(),
         }
     }
 

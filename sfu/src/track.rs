@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use crate::dynacast::Dynacast;
 use crate::keyframe::KeyframeRequests;
 use crate::layer::{Layer, PerLayer};
+use crate::quality::{LossWindow, QualityScorer};
 use crate::session::{Codec, Section};
+use crate::speakers::LevelMeter;
 use crate::subscription::Subscription;
 use crate::{ParticipantId, TrackKind};
 
@@ -84,6 +86,12 @@ pub(crate) struct Track {
     pub subscriptions: Vec<Subscription>,
     /// Which layers the publisher was told to encode (video only).
     pub dynacast: Dynacast,
+    /// Audio tracks: the level of the publisher's speech (from the packets' audio levels).
+    pub meter: Option<LevelMeter>,
+    /// Packets received against those sent in the current quality window, per layer.
+    pub loss: PerLayer<LossWindow>,
+    /// The upstream connection quality of this track.
+    pub scorer: QualityScorer,
 }
 
 impl Track {
@@ -106,6 +114,9 @@ impl Track {
             keyframes: KeyframeRequests::default(),
             subscriptions: Vec::new(),
             dynacast: Dynacast::default(),
+            meter: None,
+            loss: PerLayer::default(),
+            scorer: QualityScorer::new(kind == TrackKind::Video),
         }
     }
 

@@ -8,7 +8,9 @@ mod common;
 mod virtual_net;
 
 use str0m::format::Codec;
-use switchboard_sfu::{Command, Layer, PcLayout, SfuEvent, TrackKind};
+use switchboard_sfu::{
+    Command, ConnectionQuality, Layer, ParticipantId, PcLayout, SfuEvent, TrackKind,
+};
 use virtual_net::*;
 
 /// Client `who` sends a VP8 keyframe tagged `tag` on `mid` and its track goes live; returns
@@ -704,4 +706,196 @@ fn dynacast_tells_the_publisher_which_layers_its_subscriber_needs() {
     assert_eq!(layers_told(&mut net, alice), Vec::<[bool; 3]>::new());
     frames_for(&mut net, on, 400);
     assert_eq!(layers_told(&mut net, alice), [[false; 3]]);
+}
+
+/// Every `SpeakersChanged` client `i` got so far, oldest first, as `(participant, level,
+/// active)`.
+fn speaker_changes(net: &Net, i: usize) -> Vec<Vec<(ParticipantId, f32, bool)>> {
+    net.clients[i]
+        .seen
+        .iter()
+        .filter_map(|e| match e {
+            SfuEvent::SpeakersChanged { speakers } => Some(
+                speakers
+                    .iter()
+                    .map(|s| (s.participant, s.level, s.active))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn audio_levels_become_speaker_changes_for_everyone_in_the_room() {
+    let mut net = Net::new();
+    let alice = net.join("room", "alice", PcLayout::Single);
+    let bob = net.join("room", "bob", PcLayout::Dual);
+    let carol = net.join("room", "carol", PcLayout::Single);
+    let dave = net.join("room", "dave", PcLayout::Dual);
+    let other = net.join("elsewhere", "erin", PcLayout::Single);
+    let mids: Vec<_> = [alice, bob, carol]
+        .iter()
+        .map(|who| net.publish(*who, TrackKind::Audio, &[]).1)
+        .collect();
+    connect(&mut net, &[alice, bob, carol, dave, other]);
+    let pts: Vec<_> = [alice, bob, carol]
+        .iter()
+        .map(|who| net.pt_of(*who, Codec::Opus))
+        .collect();
+    // alice loud (5 −dBov), bob quieter but speaking (25), carol below the active level (50);
+    // 20 ms packets for 3 s, then alice stops sending.
+    let levels = [5u8, 25, 50];
+    for seq in 1..=150u64 {
+        for (k, who) in [alice, bob, carol].into_iter().enumerate() {
+            net.write_audio(who, mids[k], pts[k], seq, levels[k]);
+        }
+        net.run(20);
+    }
+    let (a, b, c) = (
+        net.clients[alice].id,
+        net.clients[bob].id,
+        net.clients[carol].id,
+    );
+    let changes = speaker_changes(&net, dave);
+    assert!(!changes.is_empty(), "no SpeakersChanged within 3 s");
+    assert!(changes
+        .iter()
+        .flatten()
+        .all(|(p, _, _)| *p != c && *p != net.clients[dave].id));
+    let first = &changes[0];
+    assert_eq!(
+        first.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [a, b],
+        "loudest first"
+    );
+    assert!(first[0].1 > first[1].1 && first.iter().all(|s| s.2));
+    // Steady levels: after the average settles nothing more is sent.
+    assert!(changes.len() <= 3, "{changes:?}");
+    // Every participant of the room got the same, the speakers themselves included; the other
+    // room nothing.
+    for who in [alice, bob, carol] {
+        assert_eq!(speaker_changes(&net, who), changes);
+    }
+    assert!(speaker_changes(&net, other).is_empty());
+    // A late joiner hears at once who speaks now.
+    let frank = net.join("room", "frank", PcLayout::Single);
+    net.run(1);
+    let now: Vec<_> = speaker_changes(&net, frank)[0]
+        .iter()
+        .map(|s| (s.0, s.2))
+        .collect();
+    assert_eq!(now, [(a, true), (b, true)]);
+    // alice goes quiet (no packets): within two windows and a tick she is sent inactive, level 0.
+    for seq in 151..=200u64 {
+        for (k, who) in [bob, carol].into_iter().enumerate() {
+            net.write_audio(who, mids[k + 1], pts[k + 1], seq, levels[k + 1]);
+        }
+        net.run(20);
+    }
+    let later = speaker_changes(&net, dave);
+    let stopped: Vec<_> = later[changes.len()..].iter().flatten().collect();
+    assert_eq!(stopped, [&(a, 0.0, false)], "{later:?}");
+}
+
+/// The qualities client `i` was last sent, by participant.
+fn last_qualities(net: &Net, i: usize) -> Vec<(ParticipantId, ConnectionQuality)> {
+    let mut q: Vec<_> = net.clients[i]
+        .seen
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            SfuEvent::ConnectionQuality { updates } => {
+                Some(updates.iter().map(|u| (u.participant, u.quality)).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_default();
+    q.sort();
+    q
+}
+
+#[test]
+fn connection_quality_follows_upstream_loss_and_a_publisher_that_stops_is_lost() {
+    let mut net = Net::new();
+    let alice = net.join("room", "alice", PcLayout::Single);
+    let bob = net.join("room", "bob", PcLayout::Dual);
+    let (_, mid) = net.publish(alice, TrackKind::Audio, &[]);
+    connect(&mut net, &[alice, bob]);
+    let pt = net.pt_of(alice, Codec::Opus);
+    let (a, b) = (net.clients[alice].id, net.clients[bob].id);
+    let mut seq = 1u64;
+    // `secs` of 20 ms packets, every `skip`-th one never sent (0: none skipped).
+    let mut send = |net: &mut Net, secs: u64, skip: u64| {
+        for _ in 0..secs * 50 {
+            if skip == 0 || !seq.is_multiple_of(skip) {
+                net.write_audio(alice, mid, pt, seq, 20);
+            }
+            seq += 1;
+            net.run(20);
+        }
+    };
+    send(&mut net, 6, 0);
+    use ConnectionQuality::*;
+    let mut want = vec![(a, Excellent), (b, Excellent)];
+    want.sort();
+    assert_eq!(last_qualities(&net, bob), want);
+    assert_eq!(
+        last_qualities(&net, alice),
+        want,
+        "everyone gets everyone's"
+    );
+    let sent = |net: &Net| {
+        net.clients[bob]
+            .seen
+            .iter()
+            .filter(|e| matches!(e, SfuEvent::ConnectionQuality { .. }))
+            .count()
+    };
+    let before = sent(&net);
+    send(&mut net, 5, 0);
+    assert_eq!(sent(&net), before, "no change, nothing sent");
+    // 10 % loss: each window scores 100 − 10 × 8 = 20; smoothed it falls through GOOD to POOR.
+    send(&mut net, 10, 10);
+    let q = last_qualities(&net, bob);
+    assert!(
+        q.contains(&(a, Poor)) && q.contains(&(b, Excellent)),
+        "{q:?}"
+    );
+    // alice stops sending: within one interval she is lost.
+    net.run(10_000);
+    assert!(last_qualities(&net, bob).contains(&(a, Lost)));
+}
+
+#[test]
+fn a_stopped_camera_alone_is_not_a_lost_connection() {
+    let mut net = Net::new();
+    let alice = net.join("room", "alice", PcLayout::Single);
+    let bob = net.join("room", "bob", PcLayout::Dual);
+    let (_, audio) = net.publish(alice, TrackKind::Audio, &[]);
+    let (_, video) = net.publish(alice, TrackKind::Video, &[]);
+    connect(&mut net, &[alice, bob]);
+    let opus = net.pt_of(alice, Codec::Opus);
+    let vp8 = go_live(&mut net, alice, video, 1);
+    let a = net.clients[alice].id;
+    let mut seq = 2u64;
+    // `secs` of 20 ms audio packets, and a video frame with each when `camera`.
+    let mut send = |net: &mut Net, secs: u64, camera: bool| {
+        for _ in 0..secs * 50 {
+            net.write_audio(alice, audio, opus, seq, 40);
+            if camera {
+                net.write(alice, video, None, vp8, seq, frame(seq, 1));
+            }
+            seq += 1;
+            net.run(20);
+        }
+    };
+    send(&mut net, 6, true);
+    assert!(last_qualities(&net, bob).contains(&(a, ConnectionQuality::Excellent)));
+    // The camera stops (livekit-client stops the track on mute), the microphone goes on.
+    send(&mut net, 11, false);
+    assert!(last_qualities(&net, bob).contains(&(a, ConnectionQuality::Excellent)));
+    // Everything stops: lost.
+    net.run(10_000);
+    assert!(last_qualities(&net, bob).contains(&(a, ConnectionQuality::Lost)));
 }

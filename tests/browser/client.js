@@ -21,6 +21,7 @@
   let LK = null; // window.LivekitClient once loaded
   let screenTimer = null; // draws the fallback screen-share canvas
   let connectStarted = null; // Date.now() when connect() called room.connect()
+  let toneGain = null; // GainNode of the tone publishTone publishes
 
   function record(type, fields = {}) {
     events.push({ t: Date.now(), type, ...fields });
@@ -74,6 +75,10 @@
           kind: kind === LK.DataPacket_Kind.LOSSY ? 'lossy' : 'reliable',
           topic: topic ?? null,
         }))
+      .on(E.ActiveSpeakersChanged, (speakers) =>
+        record('activeSpeakersChanged', { identities: speakers.map((p) => p.identity) }))
+      .on(E.ConnectionQualityChanged, (quality, p) =>
+        record('connectionQualityChanged', { identity: who(p), quality: String(quality) }))
       .on(E.Reconnecting, () => record('reconnecting'))
       .on(E.Reconnected, () => record('reconnected'))
       .on(E.SignalReconnecting, () => record('signalReconnecting'))
@@ -265,6 +270,46 @@
       const pub = await room.localParticipant.publishTrack(track, { simulcast, source: LK.Track.Source.Camera });
       const s = track.mediaStreamTrack.getSettings();
       return { ...publicationInfo(pub), captured: { width: s.width, height: s.height, frameRate: s.frameRate } };
+    },
+
+    /**
+     * Publish a continuous WebAudio sine tone as the microphone: {hz, gain} (gain 0..1 of full
+     * scale). Unlike the fake microphone's short beeps it is speech for the whole of every
+     * window; `setToneGain(0)` makes it silent (the track stays published).
+     */
+    async publishTone({ hz = 440, gain = 0.5 } = {}) {
+      const ctx = new AudioContext();
+      await ctx.resume();
+      const osc = ctx.createOscillator();
+      osc.frequency.value = hz;
+      toneGain = ctx.createGain();
+      toneGain.gain.value = gain;
+      const dest = ctx.createMediaStreamDestination();
+      osc.connect(toneGain).connect(dest);
+      osc.start();
+      const pub = await room.localParticipant.publishTrack(dest.stream.getAudioTracks()[0], {
+        source: LK.Track.Source.Microphone,
+        name: 'tone',
+      });
+      return publicationInfo(pub);
+    },
+
+    /** Sets the gain of the tone `publishTone` publishes (0 = silence). */
+    setToneGain(gain) {
+      if (!toneGain) throw new Error('no tone published');
+      toneGain.gain.value = gain;
+      return gain;
+    },
+
+    /** Who livekit-client says is speaking: identity -> {isSpeaking, audioLevel}, the local
+     * participant included, and the room's activeSpeakers in order. */
+    speaking() {
+      const all = [room.localParticipant, ...room.remoteParticipants.values()];
+      return {
+        participants: Object.fromEntries(
+          all.map((p) => [p.identity, { isSpeaking: p.isSpeaking, audioLevel: p.audioLevel }])),
+        activeSpeakers: room.activeSpeakers.map((p) => p.identity),
+      };
     },
 
     /** Publish the fake microphone (a beep every second). */

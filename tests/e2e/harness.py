@@ -483,6 +483,7 @@ class Peer:
     room: str
     duration: float = 10.0
     tone: float = 0.0
+    amplitude: float | None = None  # peak of the tone, 0..1 (peer.py's default when None)
     video: bool = False
     single_pc: str = "default"
     e2ee_key: str | None = None
@@ -518,6 +519,8 @@ class Peer:
                "--settle", str(self.settle)]
         if self.tone:
             cmd += ["--tone", str(self.tone)]
+        if self.amplitude is not None:
+            cmd += ["--amplitude", str(self.amplitude)]
         if self.video:
             cmd += ["--video"]
         if self.e2ee_key is not None:

@@ -164,7 +164,7 @@ async def publish_audio(room: rtc.Room, args, result: dict, stop: asyncio.Event)
             due = int((time.monotonic() - t0) * SAMPLE_RATE) + spf  # keep one frame ahead
             while sent_samples < due and not stop.is_set():
                 idx = np.arange(sent_samples, sent_samples + spf)
-                pcm = (AUDIO_AMPLITUDE * 32767 * np.sin(2 * np.pi * args.tone * idx / SAMPLE_RATE)).astype(np.int16)
+                pcm = (args.amplitude * 32767 * np.sin(2 * np.pi * args.tone * idx / SAMPLE_RATE)).astype(np.int16)
                 frame = rtc.AudioFrame(pcm.tobytes(), SAMPLE_RATE, 1, spf)
                 await asyncio.wait_for(source.capture_frame(frame), 5)
                 sent_samples += spf
@@ -327,6 +327,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="path of the JSON result")
     p.add_argument("--duration", type=float, default=10.0, help="seconds to stay after joining (and after --wait-for)")
     p.add_argument("--tone", type=float, default=0.0, help="publish a sine tone of this frequency (Hz)")
+    p.add_argument("--amplitude", type=float, default=AUDIO_AMPLITUDE,
+                   help="peak amplitude of the tone, 0..1 of full scale (0 publishes digital silence)")
     p.add_argument("--video", action="store_true", help="publish the frame-counter video")
     p.add_argument("--simulcast", action="store_true")
     p.add_argument("--single-pc", choices=["default", "true", "false"], default="default",
@@ -508,6 +510,15 @@ async def run(args: argparse.Namespace, result: dict) -> int:
     @on("e2ee_state_changed")
     def _e2ee(p, state) -> None:
         ev("e2ee_state_changed", identity=p.identity if p else None, state=rtc.EncryptionState.Name(state))
+
+    @on("active_speakers_changed")
+    def _as(speakers) -> None:
+        ev("active_speakers_changed", identities=[p.identity for p in speakers])
+
+    @on("connection_quality_changed")
+    def _cq(p, quality) -> None:
+        ev("connection_quality_changed", identity=p.identity if p else None,
+           quality=getattr(quality, "name", str(quality)))
 
     @on("connection_state_changed")
     def _cs(state) -> None:

@@ -13,6 +13,7 @@ use crate::forwarder::LayerPacket;
 use crate::layer::{Layer, PerLayer};
 use crate::room::Room;
 use crate::session::{KeyframeKind, RtpIn, Section};
+use crate::speakers::LevelMeter;
 use crate::vp8::{Vp8Descriptor, Vp8Fields};
 use crate::{DataKind, PeerRole, SfuEvent, TrackId, TrackKind};
 
@@ -36,6 +37,11 @@ impl MediaCore {
         };
         track.saw(pkt.layer, pkt.payload.len(), now);
         let mut went_live = false;
+        track.loss[pkt.layer].observe(pkt.seq);
+        let clock_rate = track.clock_rate();
+        if let (Some(meter), Some(level)) = (track.meter.as_mut(), pkt.audio_level) {
+            meter.observe(level, pkt.ts, clock_rate, now);
+        }
         if track.codec.is_none_or(|c| c.payload_type() != pkt.pt) {
             let Some(publisher) = participants.get(&from.participant) else {
                 return;
@@ -370,6 +376,9 @@ impl MediaCore {
         let mut track =
             crate::track::Track::new(sref.participant, section, pending.kind, pending.rids);
         track.screen_share = pending.screen_share;
+        if pending.kind == TrackKind::Audio {
+            track.meter = Some(LevelMeter::new(self.speaker_settings));
+        }
         room.tracks.insert(pending.track, track);
         self.stats.published_tracks += 1;
     }

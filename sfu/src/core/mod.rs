@@ -16,6 +16,7 @@ mod demux;
 mod dynacast;
 mod forwarding;
 mod negotiation;
+mod room_events;
 mod single_pc;
 mod timers;
 
@@ -33,6 +34,7 @@ pub use demux::Demux;
 
 use crate::room::Room;
 use crate::session::{Polled, SessionError, SessionEvent};
+use crate::speakers::SpeakerSettings;
 use crate::{Command, ParticipantId, PeerRole, TrackId};
 use timers::Timers;
 
@@ -139,6 +141,11 @@ pub struct MediaCore {
     /// When every subscriber's bandwidth allocation is next revisited.
     next_bandwidth_tick: Instant,
     stats: CoreStats,
+    speaker_settings: SpeakerSettings,
+    /// When the rooms' speakers are next evaluated (`room_events.rs`).
+    speaker_tick: Instant,
+    /// When the participants' connection qualities are next evaluated.
+    quality_tick: Instant,
 }
 
 impl MediaCore {
@@ -162,7 +169,17 @@ impl MediaCore {
             keyframe_waits: Vec::new(),
             next_bandwidth_tick: now + allocation::BANDWIDTH_TICK,
             stats: CoreStats::default(),
+            speaker_settings: SpeakerSettings::default(),
+            speaker_tick: now + SpeakerSettings::default().update_interval,
+            quality_tick: now + crate::QUALITY_INTERVAL,
         }
+    }
+
+    /// The same core detecting active speakers with `settings` instead of LiveKit's defaults.
+    pub fn with_speaker_settings(mut self, settings: SpeakerSettings) -> Self {
+        self.speaker_tick = self.now + settings.update_interval;
+        self.speaker_settings = settings;
+        self
     }
 
     /// Applies a command of a signalling adapter. Answers go out as [`crate::SfuEvent`]s.
@@ -209,7 +226,8 @@ impl MediaCore {
         self.drain(sref);
     }
 
-    /// Runs the timers of every session due at `now`.
+    /// Runs the timers of every session due at `now`, and the rooms' speaker and connection
+    /// quality evaluations when their intervals are up.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
         if self.next_keyframe_due().is_some_and(|t| t <= now) {
@@ -220,6 +238,8 @@ impl MediaCore {
             self.bandwidth_tick();
         }
         self.dynacast_timeouts(now);
+        self.tick_speakers(now);
+        self.tick_quality(now);
         while let Some(sref) = self.timers.pop_due(now) {
             let Some(session) = self.session_mut(sref) else {
                 continue;
@@ -270,6 +290,7 @@ impl MediaCore {
         let timers = self
             .next_dynacast_deadline()
             .map_or(sessions, |t| t.min(sessions));
+        let timers = self.next_room_tick().map_or(timers, |t| t.min(timers));
         self.next_keyframe_due().map_or(timers, |t| t.min(timers))
     }
 

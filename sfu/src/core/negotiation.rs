@@ -160,6 +160,12 @@ impl MediaCore {
         let Some(r) = self.rooms.get_mut(&key) else {
             return;
         };
+        // Who speaks now: the changes before this join never reached it.
+        if let Some(speakers) = r.speakers.current() {
+            p.emit(SfuEvent::SpeakersChanged {
+                speakers: Arc::from(speakers),
+            });
+        }
         r.participants.insert(participant, p);
         self.members.insert(participant, key);
         self.stats.participants += 1;

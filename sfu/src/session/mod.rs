@@ -28,6 +28,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 use crate::codec::MediaCodec;
 use crate::datagram::Datagram;
 use crate::layer::Layer;
+use crate::speakers::AudioLevel;
 use crate::{DataKind, TrackId};
 
 /// Where a downstream session's bandwidth estimate starts (bits/s): enough for a 720p
@@ -102,6 +103,9 @@ pub(crate) struct RtpIn {
     /// RTP timestamp.
     pub ts: u32,
     pub marker: bool,
+    /// The RFC 6464 audio level the sender put in the header extension
+    /// (`urn:ietf:params:rtp-hdrext:ssrc-audio-level`), if negotiated and present.
+    pub audio_level: Option<AudioLevel>,
     /// The payload, shared with every forwarded copy (never copied, never changed).
     pub payload: Arc<[u8]>,
 }
@@ -503,6 +507,12 @@ impl Session {
                     seq: *pkt.seq_no,
                     ts: pkt.header.timestamp,
                     marker: pkt.header.marker,
+                    // str0m gives the level negated (−127..=0, 0 loudest).
+                    audio_level: pkt
+                        .header
+                        .ext_vals
+                        .audio_level
+                        .map(|l| AudioLevel::from_minus_dbov(l.unsigned_abs())),
                     payload: pkt.payload,
                 })
             }

@@ -15,7 +15,7 @@ use str0m::change::{SdpAnswer, SdpApi, SdpOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{RtpPacket, RtpWrite};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use switchboard_sfu::core::Output as CoreOutput;
 use switchboard_sfu::{
@@ -438,6 +438,30 @@ impl Net {
             RtpWrite::new(pt, seq.into(), seq as u32 * 3000, now, payload)
                 .marker(true)
                 .nackable(true),
+        );
+    }
+
+    /// Client `i` writes one 20 ms Opus packet on its section `mid` whose RFC 6464 audio level
+    /// is `level` (0..=127 −dBov).
+    pub fn write_audio(&mut self, i: usize, mid: Mid, pt: Pt, seq: u64, level: u8) {
+        let now = self.now;
+        let mut api = self.clients[i].pcs[0].rtc.direct_api();
+        let tx = api.stream_tx_by_mid(mid, None).expect("tx stream");
+        let ext = ExtensionValues {
+            // str0m takes the level negated (0 loudest, −127 silent).
+            audio_level: Some(-(level.min(127) as i8)),
+            voice_activity: Some(level < 127),
+            ..Default::default()
+        };
+        tx.write_rtp(
+            RtpWrite::new(
+                pt,
+                seq.into(),
+                seq as u32 * 960,
+                now,
+                vec![0xf8, 0xff, 0xfe],
+            )
+            .ext_vals(ext),
         );
     }
 

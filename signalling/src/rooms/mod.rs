@@ -14,7 +14,7 @@
 //! [`Rooms::update_metadata`]; lookups: [`Rooms::exists`], [`Rooms::room`],
 //! [`Rooms::participant`], [`Rooms::find_identity`], [`Rooms::has_identity`],
 //! [`Rooms::participants`], [`Rooms::view`], [`Rooms::find_track`], [`Rooms::track_sids`],
-//! [`Rooms::counts`]; events: [`MemberEvent`] per member, [`Rooms::events`] for observers,
+//! [`Rooms::participant_sids`], [`Rooms::counts`]; events: [`MemberEvent`] per member, [`Rooms::events`] for observers,
 //! [`Rooms::presence`] for one identity.
 
 mod events;
@@ -39,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime};
 use switchboard_sfu::{ParticipantId, TrackId};
 use tokio::sync::broadcast;
 
-use crate::ids::{ParticipantIdentity, RoomName, RoomSid, TrackSid};
+use crate::ids::{ParticipantIdentity, ParticipantSid, RoomName, RoomSid, TrackSid};
 use room::{Member, Observers, Room};
 
 /// The `empty_timeout` a room created by its first join reports (LiveKit's default); such a
@@ -377,6 +377,25 @@ impl Rooms {
             media
                 .iter()
                 .filter_map(|id| room.track_sid(*id).map(|sid| (*id, sid.clone())))
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// The sids of participants by media id, for `viewer`: itself and those it may see (the
+    /// others and those gone are left out).
+    pub fn participant_sids(
+        &self,
+        name: &RoomName,
+        viewer: ParticipantId,
+        pids: &[ParticipantId],
+    ) -> HashMap<ParticipantId, ParticipantSid> {
+        if pids.is_empty() {
+            return HashMap::new();
+        }
+        self.with_room(name, |room, _| {
+            pids.iter()
+                .filter_map(|p| room.sid_visible_to(*p, viewer).map(|s| (*p, s.clone())))
                 .collect()
         })
         .unwrap_or_default()

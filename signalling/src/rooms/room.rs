@@ -13,7 +13,7 @@ use tokio::task::AbortHandle;
 
 use super::events::{MemberEvent, MemberInbox, PublishedTrack, RoomEvent, RosterEvent};
 use super::model::{LeaveReason, Participant, ParticipantState, RoomInfo, Track};
-use crate::ids::{ParticipantIdentity, TrackSid};
+use crate::ids::{ParticipantIdentity, ParticipantSid, TrackSid};
 
 /// One member: its participant as everyone sees it, and how to reach its session.
 #[derive(Debug)]
@@ -91,6 +91,16 @@ impl Room {
 
     pub(super) fn participant(&self, pid: ParticipantId) -> Option<&Arc<Participant>> {
         self.members.get(&pid).map(|m| &m.participant)
+    }
+
+    /// The sid of `pid` if `viewer` may see it (itself, or a participant that is not hidden).
+    pub(super) fn sid_visible_to(
+        &self,
+        pid: ParticipantId,
+        viewer: ParticipantId,
+    ) -> Option<&ParticipantSid> {
+        let m = self.members.get(&pid)?;
+        (pid == viewer || !m.hidden()).then_some(&m.participant.sid)
     }
 
     pub(super) fn participants(&self) -> impl Iterator<Item = &Arc<Participant>> {

@@ -427,3 +427,29 @@ async fn observers_see_every_change_hidden_participants_included() {
         ]
     );
 }
+
+#[test]
+fn participant_sids_name_the_viewer_and_whom_it_sees_only() {
+    let rooms = Rooms::new();
+    let (alice, _a) = join(&rooms, "r", "alice");
+    let (ghost, _g) = join_as(&rooms, "r", participant("ghost", true), true);
+    let (bob, _b) = join(&rooms, "r", "bob");
+    let (a, g, b) = (
+        alice.participant.id,
+        ghost.participant.id,
+        bob.participant.id,
+    );
+    let all = [a, g, b];
+    let seen_by_bob = rooms.participant_sids(&room("r"), b, &all);
+    assert_eq!(seen_by_bob.len(), 2);
+    assert_eq!(seen_by_bob.get(&a), Some(&alice.participant.sid));
+    assert_eq!(seen_by_bob.get(&b), Some(&bob.participant.sid));
+    let seen_by_ghost = rooms.participant_sids(&room("r"), g, &all);
+    assert_eq!(
+        seen_by_ghost.len(),
+        3,
+        "a hidden participant hears about itself"
+    );
+    rooms.leave(&room("r"), a, LeaveReason::ClientInitiated);
+    assert!(!rooms.participant_sids(&room("r"), b, &all).contains_key(&a));
+}

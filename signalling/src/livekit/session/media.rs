@@ -1,13 +1,16 @@
 //! Media-plane events to LiveKit messages: SDP answers and offers (with `mid_to_track_id`),
 //! `MediaSectionsRequirement`, failed negotiations, tracks going live or ending, the peer
 //! connection that makes the participant `ACTIVE`, media failures that end the session, and
-//! dynacast's `SubscribedQualityUpdate` to a publisher.
+//! dynacast's `SubscribedQualityUpdate` to a publisher, the room's active speakers
+//! (`SpeakersChanged`) and connection qualities (`ConnectionQualityUpdate`).
 
 use std::collections::HashMap;
 
 use livekit_protocol as proto;
 use proto::signal_response::Message as Resp;
-use switchboard_sfu::{Layer, PeerRole, PerLayer, SfuEvent, TrackId};
+use switchboard_sfu::{
+    ConnectionQuality, Layer, PeerRole, PerLayer, QualityUpdate, SfuEvent, Speaker, TrackId,
+};
 
 use super::{encode, End, Session, Step};
 use crate::livekit::link::SignalLink;
@@ -96,6 +99,16 @@ impl Session {
                 tracing::info!(%reason, "media failed");
                 return Err(End::Server(LeaveReason::MediaFailure));
             }
+            SfuEvent::SpeakersChanged { speakers } => {
+                if let Some(msg) = self.speakers_changed(&speakers) {
+                    link.send(encode(Resp::SpeakersChanged(msg))).await;
+                }
+            }
+            SfuEvent::ConnectionQuality { updates } => {
+                if let Some(msg) = self.connection_quality(&updates) {
+                    link.send(encode(Resp::ConnectionQuality(msg))).await;
+                }
+            }
         }
         Ok(())
     }
@@ -121,6 +134,71 @@ impl Session {
                 state: state as i32,
             }],
         })
+    }
+
+    /// `SpeakersChanged` for this participant: the media plane's changes with the roster's
+    /// sids, the participant itself included, hidden others left out (`livekit-protocol.md`
+    /// §7.5, §12.8). A speaker who stopped because it left is no longer in the roster: its
+    /// sid is the one announced before. Protocol 2 and older clients took speakers in data
+    /// packets: they get nothing.
+    fn speakers_changed(&mut self, speakers: &[Speaker]) -> Option<proto::SpeakersChanged> {
+        if self.opts.protocol <= 2 {
+            return None;
+        }
+        let pids: Vec<_> = speakers.iter().map(|s| s.participant).collect();
+        let sids = self
+            .state
+            .rooms
+            .participant_sids(&self.room, self.pid, &pids);
+        let speakers: Vec<proto::SpeakerInfo> = speakers
+            .iter()
+            .filter_map(|s| {
+                let sid = if s.active {
+                    let sid = sids.get(&s.participant)?;
+                    self.speaking.insert(s.participant, sid.clone());
+                    sid.clone()
+                } else {
+                    self.speaking.remove(&s.participant)?
+                };
+                Some(proto::SpeakerInfo {
+                    sid: sid.to_string(),
+                    level: s.level,
+                    active: s.active,
+                })
+            })
+            .collect();
+        (!speakers.is_empty()).then_some(proto::SpeakersChanged { speakers })
+    }
+
+    /// `ConnectionQualityUpdate` for this participant: itself and everyone it may see, with
+    /// the roster's sids (`livekit-protocol.md` §12.9).
+    fn connection_quality(
+        &self,
+        updates: &[QualityUpdate],
+    ) -> Option<proto::ConnectionQualityUpdate> {
+        let pids: Vec<_> = updates.iter().map(|u| u.participant).collect();
+        let sids = self
+            .state
+            .rooms
+            .participant_sids(&self.room, self.pid, &pids);
+        let updates: Vec<proto::ConnectionQualityInfo> = updates
+            .iter()
+            .filter_map(|u| {
+                let sid = sids.get(&u.participant)?;
+                let quality = match u.quality {
+                    ConnectionQuality::Excellent => proto::ConnectionQuality::Excellent,
+                    ConnectionQuality::Good => proto::ConnectionQuality::Good,
+                    ConnectionQuality::Poor => proto::ConnectionQuality::Poor,
+                    ConnectionQuality::Lost => proto::ConnectionQuality::Lost,
+                };
+                Some(proto::ConnectionQualityInfo {
+                    participant_sid: sid.to_string(),
+                    quality: quality as i32,
+                    score: u.score,
+                })
+            })
+            .collect();
+        (!updates.is_empty()).then_some(proto::ConnectionQualityUpdate { updates })
     }
 
     /// `mid → TR_ sid` for `SessionDescription.mid_to_track_id`.

@@ -200,6 +200,9 @@ struct Session {
     next_offer_id: u32,
     last_heard: Instant,
     active: bool,
+    /// Sids of the speakers last announced active to this client, so one who left the room
+    /// (gone from the roster) is still announced inactive.
+    speaking: HashMap<ParticipantId, ParticipantSid>,
 }
 
 /// Runs a session to its end. The token has been verified by the caller. A `reconnect=1`
@@ -244,6 +247,7 @@ async fn run_session(
         next_offer_id: rand::random::<u32>() % 256 + 1,
         last_heard: Instant::now(),
         active: false,
+        speaking: HashMap::new(),
     };
     tracing::Span::current().record("participant", s.sid.as_str());
     let end = match s.start(&mut link, inbox_tx, sfu_tx).await {
