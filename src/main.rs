@@ -73,6 +73,7 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         bind: rtc_addr,
         candidate_ips: ips.clone(),
         media_threads: settings.rtc.media_threads,
+        bandwidth_estimation: settings.rtc.bandwidth_estimation,
     })?;
     let http_addr = SocketAddr::new(settings.http.bind, settings.http.port);
     let runtime = tokio::runtime::Builder::new_multi_thread()

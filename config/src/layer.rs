@@ -27,6 +27,7 @@ pub(crate) struct Layer {
     pub rtc_node_ips: Option<Vec<IpAddr>>,
     pub rtc_include_loopback: Option<bool>,
     pub rtc_v1_enabled: Option<bool>,
+    pub rtc_bandwidth_estimation: Option<bool>,
     pub rtc_max_signal_message_bytes: Option<usize>,
     /// 0 means one per core; resolved when the levels are merged.
     pub rtc_media_threads: Option<usize>,
@@ -54,6 +55,7 @@ pub(crate) enum Field {
     RtcNodeIps,
     RtcIncludeLoopback,
     RtcV1Enabled,
+    RtcBandwidthEstimation,
     RtcMaxSignalMessageBytes,
     RtcMediaThreads,
     RoomsAutoCreate,
@@ -83,7 +85,7 @@ pub(crate) enum Kind {
 pub(crate) const SECTIONS: [&str; 6] = ["http", "rtc", "keys", "rooms", "matrixrtc", "log"];
 
 impl Field {
-    pub(crate) const ALL: [Field; 15] = [
+    pub(crate) const ALL: [Field; 16] = [
         Field::HttpBind,
         Field::HttpPort,
         Field::RtcUdpPort,
@@ -91,6 +93,7 @@ impl Field {
         Field::RtcNodeIps,
         Field::RtcIncludeLoopback,
         Field::RtcV1Enabled,
+        Field::RtcBandwidthEstimation,
         Field::RtcMaxSignalMessageBytes,
         Field::RtcMediaThreads,
         Field::RoomsAutoCreate,
@@ -111,6 +114,7 @@ impl Field {
             Field::RtcNodeIps => ("rtc", "node_ips"),
             Field::RtcIncludeLoopback => ("rtc", "include_loopback"),
             Field::RtcV1Enabled => ("rtc", "v1_enabled"),
+            Field::RtcBandwidthEstimation => ("rtc", "bandwidth_estimation"),
             Field::RtcMaxSignalMessageBytes => ("rtc", "max_signal_message_bytes"),
             Field::RtcMediaThreads => ("rtc", "media_threads"),
             Field::RoomsAutoCreate => ("rooms", "auto_create"),
@@ -129,6 +133,7 @@ impl Field {
             Field::RtcNodeIps => Kind::IpList,
             Field::RtcIncludeLoopback
             | Field::RtcV1Enabled
+            | Field::RtcBandwidthEstimation
             | Field::RoomsAutoCreate
             | Field::MatrixRtcEnabled => Kind::Bool,
             Field::RtcMaxSignalMessageBytes => Kind::Bytes,
@@ -238,6 +243,9 @@ impl Layer {
             (Field::RtcNodeIps, Value::IpList(v)) => self.rtc_node_ips = Some(v),
             (Field::RtcIncludeLoopback, Value::Bool(v)) => self.rtc_include_loopback = Some(v),
             (Field::RtcV1Enabled, Value::Bool(v)) => self.rtc_v1_enabled = Some(v),
+            (Field::RtcBandwidthEstimation, Value::Bool(v)) => {
+                self.rtc_bandwidth_estimation = Some(v)
+            }
             (Field::RoomsAutoCreate, Value::Bool(v)) => self.rooms_auto_create = Some(v),
             (Field::RtcMaxSignalMessageBytes, Value::Bytes(v)) => {
                 self.rtc_max_signal_message_bytes = Some(v)

@@ -89,6 +89,10 @@ pub struct RtcSettings {
     /// Serve the single-peer-connection `/rtc/v1` path; when false it answers
     /// 404 and SDKs fall back to `/rtc`. Default: true.
     pub v1_enabled: bool,
+    /// Estimate each subscriber's downlink (send-side, from its congestion feedback) and
+    /// choose its simulcast layers by it (`docs/media.md`, layer allocation). When false,
+    /// every subscriber gets the layer it asks for whatever its link. Default: true.
+    pub bandwidth_estimation: bool,
     /// Largest accepted signalling message, in bytes, 1024 to 67108864
     /// (64 MiB). Default: 1048576 (1 MiB).
     pub max_signal_message_bytes: usize,
@@ -397,6 +401,7 @@ fn resolve(
             node_ips: pick!(rtc_node_ips, Vec::new()),
             include_loopback: pick!(rtc_include_loopback, false),
             v1_enabled: pick!(rtc_v1_enabled, true),
+            bandwidth_estimation: pick!(rtc_bandwidth_estimation, true),
             max_signal_message_bytes: pick!(
                 rtc_max_signal_message_bytes,
                 DEFAULT_MAX_SIGNAL_MESSAGE_BYTES

@@ -221,6 +221,23 @@ fn same_key_with_different_secrets_in_env_is_an_error() {
 }
 
 #[test]
+fn bandwidth_estimation_is_on_unless_turned_off() {
+    assert!(load_ok(&["--dev"], &[], None).rtc.bandwidth_estimation);
+    let s = load_ok(
+        &["--dev"],
+        &[],
+        Some("[rtc]\nbandwidth_estimation = false\n"),
+    );
+    assert!(!s.rtc.bandwidth_estimation);
+    let s = load_ok(
+        &["--dev"],
+        &[("SWITCHBOARD_RTC__BANDWIDTH_ESTIMATION", "false")],
+        None,
+    );
+    assert!(!s.rtc.bandwidth_estimation);
+}
+
+#[test]
 fn disable_rtc_v1_flag_turns_v1_off() {
     let s = load_ok(&["--dev", "--disable-rtc-v1"], &[], None);
     assert!(!s.rtc.v1_enabled);

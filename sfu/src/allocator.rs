@@ -10,6 +10,8 @@
 //! arrives and applies the grants to the subscriptions' forwarders (switches happen on
 //! keyframes of the new layer).
 
+use std::time::{Duration, Instant};
+
 use crate::layer::{Layer, PerLayer};
 
 /// An upgrade is granted only when the estimate covers the higher layer by this factor
@@ -217,6 +219,29 @@ pub fn allocate_with(
         wanted_bps: wanted,
         next_step_bps: used + step.unwrap_or(0),
     }
+}
+
+/// A subscriber's bandwidth state, kept with its participant; the controller in
+/// `core/allocation.rs` drives it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Bandwidth {
+    /// Latest estimate towards it, bits/s (`None`: no estimate, nothing is limited).
+    pub estimate_bps: Option<u64>,
+    /// Estimate the last allocation ran with, and when.
+    pub(crate) allocated_with: Option<(u64, Instant)>,
+    /// (minimum, desired) last given to the estimator.
+    pub(crate) target: (u64, u64),
+    /// No congestion judgement before this (the estimate follows a change of grants).
+    pub(crate) hold_until: Option<Instant>,
+    /// Earliest next trial upgrade, and the current back-off.
+    pub(crate) next_trial: Option<Instant>,
+    pub(crate) backoff: Duration,
+    /// The last change was a trial upgrade, not yet judged.
+    pub(crate) trial: bool,
+    /// Active video subscriptions at the last allocation.
+    pub(crate) last_demands: usize,
+    /// Since when the estimate has been below the usage.
+    pub(crate) below_since: Option<Instant>,
 }
 
 #[cfg(test)]

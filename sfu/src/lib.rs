@@ -63,6 +63,8 @@ pub struct SfuConfig {
     pub candidate_ips: Vec<IpAddr>,
     /// Media threads, each running its own core over its own rooms (at least 1).
     pub media_threads: usize,
+    /// Estimate each subscriber's downlink and choose its layers by it (`rtc.bandwidth_estimation`).
+    pub bandwidth_estimation: bool,
 }
 
 /// Errors of the media plane's public API.
@@ -410,7 +412,11 @@ pub fn start(config: SfuConfig) -> Result<SfuHandle, SfuError> {
         .iter()
         .map(|ip| SocketAddr::new(*ip, local_addr.port()))
         .collect();
-    let senders = driver::start(socket, candidates, threads, metrics.clone())?;
+    let setup = driver::CoreSetup {
+        candidates,
+        bandwidth_estimation: config.bandwidth_estimation,
+    };
+    let senders = driver::start(socket, setup, threads, metrics.clone())?;
     Ok(SfuHandle {
         placement: Arc::new(placement::Placement::new(senders)),
         metrics,

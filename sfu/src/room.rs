@@ -70,7 +70,7 @@ pub(crate) struct Participant {
     /// Sections of the downstream PC and the tracks they carry.
     pub plan: SectionPlan,
     /// The bandwidth estimated towards it and what its allocator last did with it.
-    pub bandwidth: crate::core::Bandwidth,
+    pub bandwidth: crate::allocator::Bandwidth,
 }
 
 impl Participant {

@@ -87,6 +87,33 @@ fn join(session: Vec<&str>, media: Vec<Vec<String>>, eol: &str) -> String {
     out
 }
 
+/// Drops the transport-wide congestion control extension (`a=extmap:… transport-wide-cc…`)
+/// from the audio sections the client only receives on (`a=recvonly`, in its offer or its
+/// answer). Sent audio then carries no transport sequence number, so str0m's bandwidth
+/// estimator never picks an audio section for padding and probe packets: those go on a
+/// probe SSRC with the section's mid, and Chrome, routing an unsignalled SSRC by mid, would
+/// move the audio receiver over to it and play silence (seen with a subscriber left with
+/// audio only). The estimate comes from video, the traffic it is there for.
+pub(crate) fn no_twcc_on_received_audio(sdp: &str) -> String {
+    let eol = line_ending(sdp);
+    let (session, media) = sections(sdp);
+    let media = media
+        .into_iter()
+        .map(|section| {
+            let strip = kind_of(&section) == Some(SectionKind::Audio)
+                && section.iter().any(|l| l.trim() == "a=recvonly");
+            section
+                .into_iter()
+                .filter(|l| {
+                    !(strip && l.starts_with("a=extmap:") && l.contains("transport-wide-cc"))
+                })
+                .map(str::to_string)
+                .collect()
+        })
+        .collect();
+    join(session, media, eol)
+}
+
 /// The client's receive-only audio/video sections (`a=recvonly`). A transceiver keeps offering
 /// `recvonly` after we answered it `inactive`, so these are the slots we may fill.
 pub(crate) fn recv_slots(offer: &str) -> Vec<RecvSlot> {
@@ -153,6 +180,24 @@ pub(crate) fn set_msids(answer: &str, msids: &HashMap<String, (String, String)>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transport_cc_is_dropped_from_received_audio_only() {
+        let twcc =
+            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+        let sdp = format!(
+            "v=0\r\ns=-\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\n{twcc}\r\n\
+             m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=recvonly\r\n{twcc}\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=recvonly\r\n{twcc}\r\n"
+        );
+        let out = no_twcc_on_received_audio(&sdp);
+        let (_, media) = sections(&out);
+        let has = |i: usize| media[i].iter().any(|l| l.contains("transport-wide-cc"));
+        assert!(has(0), "the client's own audio keeps it");
+        assert!(!has(1), "audio it receives loses it");
+        assert!(has(2), "video keeps it");
+        assert!(out.ends_with("\r\n"));
+    }
 
     const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\na=msid:s t\r\n\

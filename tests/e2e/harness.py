@@ -397,6 +397,10 @@ class Server:
         # test with 1 and with 2); a test's own settings win.
         if os.environ.get("SB_E2E_MEDIA_THREADS"):
             env["SWITCHBOARD_RTC__MEDIA_THREADS"] = os.environ["SB_E2E_MEDIA_THREADS"]
+        # SB_E2E_BANDWIDTH_ESTIMATION=false runs the server without subscriber bandwidth
+        # estimation (rtc.bandwidth_estimation), to tell its effects apart.
+        if os.environ.get("SB_E2E_BANDWIDTH_ESTIMATION"):
+            env["SWITCHBOARD_RTC__BANDWIDTH_ESTIMATION"] = os.environ["SB_E2E_BANDWIDTH_ESTIMATION"]
         env.update(self.extra_env)
         cmd = [str(binary), *(["--dev"] if self.dev else []), "--node-ip", NODE_IP, *self.args]
         self.proc = self.ns.popen(cmd, self.log, env=env)

@@ -20,7 +20,7 @@
 //!   its demand is held from judgement like a change, so what was fine before is tried
 //!   first and comes down only if the estimate then shows congestion.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::allocator::{
     allocate, allocate_with, usage, Grant, VideoDemand, KEEP_MARGIN, NOMINAL_LAYER_BPS,
@@ -51,28 +51,6 @@ pub(crate) const BANDWIDTH_TICK: Duration = Duration::from_millis(500);
 /// Rate assumed for an audio track before it has been measured (bits/s; Opus at 32 kbit/s
 /// plus packet overhead).
 const NOMINAL_AUDIO_BPS: u64 = 50_000;
-
-/// A subscriber's bandwidth state, kept with its participant.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Bandwidth {
-    /// Latest estimate towards it, bits/s (`None`: no estimate, nothing is limited).
-    pub estimate_bps: Option<u64>,
-    /// Estimate the last allocation ran with, and when.
-    allocated_with: Option<(u64, Instant)>,
-    /// (minimum, desired) last given to the estimator.
-    target: (u64, u64),
-    /// No congestion judgement before this (the estimate follows a change of grants).
-    hold_until: Option<Instant>,
-    /// Earliest next trial upgrade, and the current back-off.
-    next_trial: Option<Instant>,
-    backoff: Duration,
-    /// The last change was a trial upgrade, not yet judged.
-    trial: bool,
-    /// Active video subscriptions at the last allocation.
-    last_demands: usize,
-    /// Since when the estimate has been below the usage.
-    below_since: Option<Instant>,
-}
 
 impl MediaCore {
     /// A new estimate from a session of `sref`'s participant: reallocates if it is the

@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 
 pub use crate::datagram::Datagram;
-pub(crate) use allocation::Bandwidth;
 pub use demux::Demux;
 
 use crate::room::Room;
@@ -142,6 +141,8 @@ pub struct MediaCore {
     next_bandwidth_tick: Instant,
     stats: CoreStats,
     speaker_settings: SpeakerSettings,
+    /// Downstream sessions estimate bandwidth and the allocator uses it.
+    pub(super) bandwidth_estimation: bool,
     /// When the rooms' speakers are next evaluated (`room_events.rs`).
     speaker_tick: Instant,
     /// When the participants' connection qualities are next evaluated.
@@ -170,9 +171,18 @@ impl MediaCore {
             next_bandwidth_tick: now + allocation::BANDWIDTH_TICK,
             stats: CoreStats::default(),
             speaker_settings: SpeakerSettings::default(),
+            bandwidth_estimation: true,
             speaker_tick: now + SpeakerSettings::default().update_interval,
             quality_tick: now + crate::QUALITY_INTERVAL,
         }
+    }
+
+    /// The same core with subscribers' bandwidth estimation (and layer allocation by it) on
+    /// (the default) or off: off, downstream sessions do not estimate and every subscription
+    /// gets the layer it asks for.
+    pub fn with_bandwidth_estimation(mut self, on: bool) -> Self {
+        self.bandwidth_estimation = on;
+        self
     }
 
     /// The same core detecting active speakers with `settings` instead of LiveKit's defaults.

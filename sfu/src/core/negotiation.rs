@@ -138,9 +138,10 @@ impl MediaCore {
         let key = self.room_key(&room);
         let now = self.now;
         // The PC that carries subscribed media down estimates the bandwidth towards the client.
-        let publisher = Session::new(&self.candidates, now, layout == PcLayout::Single);
+        let bwe = self.bandwidth_estimation;
+        let publisher = Session::new(&self.candidates, now, bwe && layout == PcLayout::Single);
         let subscriber =
-            (layout == PcLayout::Dual).then(|| Session::new(&self.candidates, now, true));
+            (layout == PcLayout::Dual).then(|| Session::new(&self.candidates, now, bwe));
         for (s, role) in std::iter::once((&publisher, PeerRole::Publisher))
             .chain(subscriber.iter().map(|s| (s, PeerRole::Subscriber)))
         {

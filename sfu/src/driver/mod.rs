@@ -49,9 +49,18 @@ enum Source {
 /// returns each thread's command sender. Waits until every thread runs.
 ///
 /// Errors: [`SfuError::Start`] when a thread, its runtime or its socket cannot start.
+/// What every media thread's core is made with.
+#[derive(Debug, Clone)]
+pub(crate) struct CoreSetup {
+    /// The shared media port on each advertised address (ICE host candidates).
+    pub candidates: Vec<SocketAddr>,
+    /// Subscribers' bandwidth is estimated and layers chosen by it.
+    pub bandwidth_estimation: bool,
+}
+
 pub(crate) fn start(
     socket: std::net::UdpSocket,
-    candidates: Vec<SocketAddr>,
+    setup: CoreSetup,
     threads: usize,
     metrics: Arc<SfuMetrics>,
 ) -> Result<Vec<mpsc::UnboundedSender<Command>>, SfuError> {
@@ -95,12 +104,12 @@ pub(crate) fn start(
                 send,
             }
         };
-        let candidates = candidates.clone();
+        let setup = setup.clone();
         let metrics = metrics.clone();
         let ready = ready_tx.clone();
         std::thread::Builder::new()
             .name(format!("switchboard-media-{index}"))
-            .spawn(move || thread_main(index, source, candidates, rx, metrics, ready))
+            .spawn(move || thread_main(index, source, setup, rx, metrics, ready))
             .map_err(|e| start_error(format!("cannot spawn media thread {index}: {e}")))?;
     }
     drop(ready_tx);
@@ -134,7 +143,7 @@ fn start_error(reason: String) -> SfuError {
 fn thread_main(
     index: usize,
     source: Source,
-    candidates: Vec<SocketAddr>,
+    setup: CoreSetup,
     commands: mpsc::UnboundedReceiver<Command>,
     metrics: Arc<SfuMetrics>,
     ready: std_mpsc::Sender<Result<(), String>>,
@@ -150,7 +159,7 @@ fn thread_main(
         }
     };
     rt.block_on(async move {
-        let worker = match Worker::new(index, source, candidates, metrics) {
+        let worker = match Worker::new(index, source, setup, metrics) {
             Ok(w) => w,
             Err(e) => {
                 let _ = ready.send(Err(format!("cannot start media thread {index}: {e}")));
@@ -196,7 +205,7 @@ impl Worker {
     fn new(
         index: usize,
         source: Source,
-        candidates: Vec<SocketAddr>,
+        setup: CoreSetup,
         metrics: Arc<SfuMetrics>,
     ) -> std::io::Result<Self> {
         let (input, send) = match source {
@@ -233,7 +242,8 @@ impl Worker {
         let local = send.local_addr()?;
         Ok(Self {
             index,
-            core: MediaCore::new(candidates, Instant::now()),
+            core: MediaCore::new(setup.candidates, Instant::now())
+                .with_bandwidth_estimation(setup.bandwidth_estimation),
             input,
             outbox: outbox::Outbox::new(local),
             send,

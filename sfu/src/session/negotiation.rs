@@ -20,7 +20,8 @@ impl Session {
     /// Applies a client offer and returns the SDP answer. The local ufrag may change (ICE
     /// restart): read [`Session::ufrag`] after.
     pub fn accept_offer(&mut self, sdp: &str) -> Result<String, SessionError> {
-        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SessionError::BadSdp {
+        let sdp = crate::sdp_munge::no_twcc_on_received_audio(sdp);
+        let offer = SdpOffer::from_sdp_string(&sdp).map_err(|e| SessionError::BadSdp {
             what: "offer",
             reason: e.to_string(),
         })?;
@@ -36,7 +37,8 @@ impl Session {
 
     /// Applies the client's answer to the outstanding server offer.
     pub fn accept_answer(&mut self, sdp: &str) -> Result<(), SessionError> {
-        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| SessionError::BadSdp {
+        let sdp = crate::sdp_munge::no_twcc_on_received_audio(sdp);
+        let answer = SdpAnswer::from_sdp_string(&sdp).map_err(|e| SessionError::BadSdp {
             what: "answer",
             reason: e.to_string(),
         })?;

@@ -31,6 +31,7 @@ pub fn start_sfu_threads(threads: usize) -> SfuHandle {
         bind: (Ipv4Addr::LOCALHOST, 0).into(),
         candidate_ips: vec![Ipv4Addr::LOCALHOST.into()],
         media_threads: threads,
+        bandwidth_estimation: true,
     })
     .expect("media plane starts")
 }
